@@ -1,0 +1,1 @@
+"""Delivery: Slack, the console, and the outbox that makes delivery reliable."""

@@ -1,0 +1,236 @@
+"""Slack: render an alert (pure) and send it through slack-sdk (I/O).
+
+Feed text is data, never Slack syntax: every interpolated field is escaped
+(&, <, >) so `<!channel>` in a title pings nobody and `<https://x|y>` cannot
+disguise a link.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
+
+from monitor.errors import DeliveryError
+from monitor.normalize import is_http_url
+from monitor.types import Item, Match
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://slack.com/api/"
+SECTION_MAX = 3_000
+TEXT_MAX = 40_000
+SNIPPET_MAX = 300
+
+# Errors that will not fix themselves by retrying: a person has to act.
+PERMANENT_API_ERRORS = {
+    "invalid_auth": "the bot token is invalid (REELWATCH_SLACK_BOT_TOKEN)",
+    "not_authed": "no bot token was sent (REELWATCH_SLACK_BOT_TOKEN)",
+    "account_inactive": "the bot token belongs to a deleted app or user",
+    "token_revoked": "the bot token was revoked",
+    "channel_not_found": "channel not found",
+    "not_in_channel": "the bot is not in this channel: invite it with /invite",
+    "is_archived": "the channel is archived",
+    "missing_scope": "the bot token lacks the chat:write scope",
+    "invalid_blocks": "Slack refused the message layout (invalid_blocks)",
+    "msg_too_long": "the message is too long for Slack",
+    "restricted_action": "the workspace does not allow this bot to post here",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SlackMessage:
+    text: str  # plain-text fallback: notifications, screen readers
+    blocks: list[dict[str, Any]]
+
+
+_MRKDWN_CONTROL = re.compile(r"([*_~`])")
+
+
+def escape(text: str) -> str:
+    """Make feed text inert in Slack mrkdwn: no mentions, links or styling."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # A zero-width joiner after *, _, ~, ` stops them pairing into bold/italic/strike/code.
+    return _MRKDWN_CONTROL.sub("\\1\u200d", text)
+
+
+def safe_link(url: str | None) -> str | None:
+    if not url or not is_http_url(url) or any(c in url for c in "|<> \n"):
+        return None
+    return url
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def render_alert(
+    item: Item, matches: Sequence[Match], feed_title: str | None = None
+) -> SlackMessage:
+    title = escape(_cut(item.title, 400))
+    link = safe_link(item.url)
+    headline = f"*<{link}|{title}>*" if link else f"*{title}*"
+    outlet = escape(feed_title or item.feed)
+    when = item.published.strftime("%d %b %Y %H:%M UTC")
+    lang = f" · {item.language}" if item.language else ""
+    topics = ", ".join(escape(m.topic) for m in matches) or "-"
+    terms = ", ".join(dict.fromkeys(escape(t) for m in matches for t in m.terms))
+    snippet = escape(_cut(item.summary, SNIPPET_MAX))
+    body = headline + (f"\n{snippet}" if snippet else "")
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(body, SECTION_MAX)}},
+        {
+            "type": "context",
+            "elements": [
+                {"type": "mrkdwn", "text": _cut(f"{outlet}{lang} · {when}", SECTION_MAX)},
+                {"type": "mrkdwn", "text": _cut(f"Topics: {topics} · why: {terms}", SECTION_MAX)},
+            ],
+        },
+    ]
+    text = f"{title} ({outlet}{lang}){f' {link}' if link else ''} [{topics}]"
+    return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
+
+
+def _api_error(exc: SlackApiError) -> tuple[str, int | None, Mapping[str, Any]]:
+    response = exc.response
+    if isinstance(response, Mapping):  # slack-sdk hands a dict when the body was not JSON
+        return "", response.get("status"), response.get("headers") or {}
+    data = response.data if isinstance(response.data, Mapping) else {}
+    return str(data.get("error") or ""), response.status_code, response.headers or {}
+
+
+def _retry_after(headers: Mapping[str, Any]) -> float | None:
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) else value
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class SlackBotSender:
+    """chat.postMessage with a bot token; any channel the bot is in."""
+
+    def __init__(self, token: str, base_url: str = DEFAULT_API_URL, timeout: int = 30):
+        self._client = WebClient(token=token, base_url=base_url, timeout=timeout)
+
+    def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
+        try:
+            response = self._client.chat_postMessage(
+                channel=channel, text=message.text, blocks=message.blocks,
+                unfurl_links=False, unfurl_media=False,
+            )  # fmt: skip
+        except SlackApiError as exc:
+            error, status, headers = _api_error(exc)
+            if status == 429 or error == "ratelimited":
+                raise DeliveryError(
+                    "rate limited by Slack (429)",
+                    channel=channel,
+                    retry_after=_retry_after(headers),
+                ) from None
+            if error in PERMANENT_API_ERRORS:
+                raise DeliveryError(
+                    f"{PERMANENT_API_ERRORS[error]} ({error})", channel=channel, permanent=True
+                ) from None
+            if (status and status >= 500) or not error:
+                raise DeliveryError(f"Slack answered HTTP {status}", channel=channel) from None
+            raise DeliveryError(f"Slack refused the message: {error}", channel=channel) from None
+        except OSError as exc:  # urllib's URLError, timeouts, refused connections
+            raise DeliveryError(f"cannot reach Slack: {exc}", channel=channel) from None
+        return dict(response.data) if isinstance(response.data, Mapping) else {}
+
+
+class SlackWebhookSender:
+    """An incoming webhook: one fixed channel, chosen when the webhook was created."""
+
+    def __init__(self, url: str, timeout: int = 30):
+        self._client = WebhookClient(url=url, timeout=timeout)
+
+    def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
+        try:
+            response = self._client.send(
+                text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
+            )
+        except OSError as exc:
+            # the exception text may carry the webhook URL, which is a secret: leave it out
+            raise DeliveryError(
+                f"cannot reach the Slack webhook: {type(exc).__name__}", channel=channel
+            ) from None
+        status = response.status_code
+        if status == 200:
+            return {"ok": True}
+        body = (response.body or "")[:200]
+        if status in (403, 404, 410):
+            raise DeliveryError(
+                f"the webhook was revoked or deleted ({status} {body}); "
+                "create a new one and set REELWATCH_SLACK_WEBHOOK_URL",
+                channel=channel, permanent=True,
+            )  # fmt: skip
+        if status == 429:
+            raise DeliveryError(
+                "rate limited by Slack (429)", channel=channel,
+                retry_after=_retry_after(response.headers or {}),
+            )  # fmt: skip
+        permanent = status == 400 and body in {"invalid_blocks", "no_text", "invalid_payload"}
+        raise DeliveryError(
+            f"webhook answered {status}: {body}", channel=channel, permanent=permanent
+        )
+
+
+class ConsoleSender:
+    """No Slack configured: print a readable line per alert."""
+
+    def __init__(self, stream: Any = None):
+        self._stream = stream
+
+    def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
+        import sys
+
+        print(f"ALERT {message.text}", file=self._stream or sys.stdout, flush=True)
+        return {"ok": True}
+
+
+@dataclass(frozen=True, slots=True)
+class SlackSettings:
+    """Slack's secrets and endpoints, from REELWATCH_* environment variables only."""
+
+    webhook_url: str | None
+    bot_token: str | None
+    api_url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackSettings:
+        env = os.environ if env is None else env
+        return cls(
+            webhook_url=env.get("REELWATCH_SLACK_WEBHOOK_URL") or None,
+            bot_token=env.get("REELWATCH_SLACK_BOT_TOKEN") or None,
+            api_url=env.get("REELWATCH_SLACK_API_URL") or DEFAULT_API_URL,
+        )
+
+    def alert_channel(self, default_channel: str | None) -> str:
+        """Where new alerts go: the bot's default channel, the webhook, else the console."""
+        if self.bot_token and default_channel:
+            return default_channel
+        if self.webhook_url:
+            return "webhook"
+        return "console"
+
+    def sender_for(self, channel: str) -> Any:
+        if channel == "console":
+            return ConsoleSender()
+        if channel == "webhook":
+            if not self.webhook_url:
+                raise DeliveryError("REELWATCH_SLACK_WEBHOOK_URL is not set", channel=channel)
+            return SlackWebhookSender(self.webhook_url)
+        if not self.bot_token:
+            raise DeliveryError("REELWATCH_SLACK_BOT_TOKEN is not set", channel=channel)
+        return SlackBotSender(self.bot_token, self.api_url)

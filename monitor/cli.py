@@ -1,0 +1,325 @@
+"""The `reelwatch` command. Exit status: 0 success, 1 failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from monitor import __version__
+from monitor.config import Config, config_path, load_config, parse_duration
+from monitor.errors import ConfigError
+
+log = logging.getLogger("reelwatch")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="seconds")
+        text = f"{ts} {record.levelname.lower()} {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "apscheduler", "slack_sdk"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _duration_arg(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except Exception:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 7d or 12h") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="PATH",
+        help="feeds.yaml to use (default: $REELWATCH_CONFIG or ./feeds.yaml)",
+    )  # fmt: skip
+    common.add_argument("--log-format", choices=["text", "json"], default="text")
+    common.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+
+    parser = argparse.ArgumentParser(
+        prog="reelwatch", description="Monitor feeds for news about AI in entertainment."
+    )
+    parser.add_argument("--version", action="version", version=f"reelwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="poll every feed on schedule and send alerts")
+
+    poll = sub.add_parser("poll", parents=[common], help="poll feeds once, send alerts, exit")
+    poll.add_argument("--feed", metavar="NAME", action="append", help="only this feed (repeatable)")
+
+    feeds = sub.add_parser("feeds", help="inspect feeds.yaml and the feeds' state")
+    feeds_sub = feeds.add_subparsers(dest="feeds_command", required=True, metavar="COMMAND")
+    feeds_sub.add_parser(
+        "check", parents=[common, listing], help="validate feeds.yaml and show each feed's state"
+    )
+
+    items = sub.add_parser("items", parents=[common, listing], help="list stored items")
+    items.add_argument("--since", type=_duration_arg, default=timedelta(days=7), metavar="AGE",
+                       help="published within this long (default 7d)")  # fmt: skip
+    items.add_argument("--topic", metavar="ID")
+    items.add_argument("--feed", metavar="NAME")
+    items.add_argument("--limit", type=int, default=50, metavar="N")
+
+    health = sub.add_parser(
+        "health", parents=[common], help="exit 1 when the scheduler is not alive"
+    )
+    health.add_argument(
+        "--max-age", type=_duration_arg, default=timedelta(minutes=2), metavar="AGE"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, args.log_level)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "poll":
+            return cmd_poll(args)
+        if args.command == "feeds":
+            return cmd_feeds_check(args)
+        if args.command == "items":
+            return cmd_items(args)
+        if args.command == "health":
+            return cmd_health(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    raise AssertionError(args.command)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _repo() -> Any:
+    from storage import Repository, make_engine
+
+    repo = Repository(make_engine())
+    repo.create_schema()
+    return repo
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from alerts.slack import SlackSettings
+    from monitor.pipeline import Poller
+    from monitor.scheduler import Service
+    from storage.db import DatabaseLockedError, exclusive_run
+
+    config = _load(args)
+    repo = _repo()
+    slack = SlackSettings.from_env()
+    try:
+        with exclusive_run(repo.engine):
+            poller = Poller(
+                config, repo, alert_channel=slack.alert_channel(config.slack.default_channel)
+            )
+            asyncio.run(Service(config, poller, slack).run())
+    except DatabaseLockedError as exc:
+        print(f"reelwatch run: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from alerts.outbox import dispatch_pending
+    from alerts.slack import SlackSettings
+    from monitor.pipeline import Poller, utcnow
+    from storage.db import DatabaseLockedError, exclusive_run
+
+    config = _load(args)
+    feeds = [f for f in config.feeds if f.enabled]
+    if args.feed:
+        unknown = [n for n in args.feed if config.feed(n) is None]
+        if unknown:
+            print(
+                f"reelwatch poll: no feed named {', '.join(unknown)} in feeds.yaml", file=sys.stderr
+            )
+            return EXIT_USAGE
+        feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
+    repo = _repo()
+    slack = SlackSettings.from_env()
+    try:
+        with exclusive_run(repo.engine):
+            poller = Poller(
+                config, repo, alert_channel=slack.alert_channel(config.slack.default_channel)
+            )
+            summary = asyncio.run(_poll_with_progress(poller, feeds))
+            sent = dispatch_pending(repo, slack.sender_for, utcnow(), limit=10_000)
+    except DatabaseLockedError as exc:
+        print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"feeds: {summary.count('ok')} ok, {summary.count('unchanged')} unchanged, "
+        f"{summary.count('failed') + summary.count('gone')} failed; "
+        f"new items: {summary.new_items}; matches: {summary.matches}; "
+        f"deliveries: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed"
+    )
+    for report in sorted(summary.reports, key=lambda r: r.feed):
+        if report.error:
+            print(f"  {report.feed}: {report.error}")
+    failed = summary.count("failed") + summary.count("gone")
+    return EXIT_FAILURE if feeds and failed == len(feeds) else EXIT_OK
+
+
+async def _poll_with_progress(poller: Any, feeds: list[Any]) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(feeds), unit="feed", disable=not sys.stdout.isatty(), leave=False)
+    try:
+        return await poller.poll_many(feeds, on_done=lambda _r: bar.update())
+    finally:
+        bar.close()
+        await poller.aclose()
+
+
+def _fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str, columns: list[str]) -> None:
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False, default=str))
+        return
+    table = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value)
+    return text if len(text) <= 70 else text[:69] + "…"
+
+
+def cmd_feeds_check(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    config = load_config(path)
+    print(
+        f"{path}: ok: {len(config.feeds)} feeds "
+        f"({sum(1 for f in config.feeds if f.enabled)} enabled), {len(config.topics)} topics",
+        file=sys.stderr,
+    )
+    states = _repo().feed_states()
+    rows = []
+    for feed in config.feeds:
+        st = states.get(feed.name)
+        rows.append(
+            {
+                "name": feed.name,
+                "url": feed.url,
+                "enabled": feed.enabled and not (st and st.disabled),
+                "interval": f"{int(config.interval(feed).total_seconds() // 60)}m",
+                "last_status": st.last_status if st else "never polled",
+                "last_success": _fmt_time(st.last_success) if st else None,
+                "failures": st.consecutive_failures if st else 0,
+                "next_poll": _fmt_time(st.next_poll) if st else None,
+                "error": (st.last_error or st.warning) if st else None,
+            }
+        )
+    _print_rows(rows, args.format, list(rows[0]) if rows else ["name"])
+    return EXIT_OK
+
+
+def cmd_items(args: argparse.Namespace) -> int:
+    from monitor.pipeline import utcnow
+
+    config = _load(args)
+    if args.topic and args.topic not in config.topics:
+        known = ", ".join(config.topics) or "none"
+        print(
+            f"reelwatch items: no topic {args.topic!r} in feeds.yaml (topics: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    stored = _repo().list_items(
+        since=utcnow() - args.since, topic=args.topic, feed=args.feed, limit=args.limit
+    )
+    rows = []
+    for s in stored:
+        item = s.item
+        rows.append(
+            {
+                "id": s.id,
+                "feed": item.feed,
+                "guid": item.guid or item.identity,
+                "title": item.title,
+                "url": item.url,
+                "published": item.published.isoformat(),
+                "language": item.language,
+                "relevant": bool(s.matches),
+                "topics": [m.topic for m in s.matches],
+                "terms": list(dict.fromkeys(t for m in s.matches for t in m.terms)),
+                "score": max((m.score for m in s.matches), default=0.0),
+            }
+        )
+    if args.format == "table":
+        for row in rows:
+            row["published"] = row["published"][:16].replace("T", " ")
+        _print_rows(rows, "table", ["id", "published", "feed", "language", "topics", "title"])
+    else:
+        _print_rows(rows, "json", [])
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from monitor.pipeline import utcnow
+    from monitor.scheduler import HEARTBEAT
+
+    beat = _repo().heartbeat(HEARTBEAT)
+    if beat is None:
+        print("unhealthy: the scheduler has never run against this database", file=sys.stderr)
+        return EXIT_FAILURE
+    age = utcnow() - beat
+    if age > args.max_age:
+        print(f"unhealthy: last heartbeat {int(age.total_seconds())} s ago", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"healthy: last heartbeat {int(age.total_seconds())} s ago")
+    return EXIT_OK

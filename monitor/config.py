@@ -1,0 +1,302 @@
+"""feeds.yaml: the pydantic models that describe it and the loader that points at its lines.
+
+The models are the one description of the file; defaults live here and are
+documented in feeds.yaml's comments. ruamel.yaml keeps the line and column of
+every key so a refusal names the text to fix:
+
+    feeds.yaml:14:5: feeds[3].interval: '15 minutes' is not a duration like 15m or 1h
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from monitor import USER_AGENT
+from monitor.errors import ConfigError, ConfigProblem
+from monitor.normalize import canonical_url, is_http_url, language_code
+
+DEFAULT_CONFIG = "feeds.yaml"
+
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'90s', '15m', '1h', '1h30m', '2d' -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match or not any(match.groups()):
+        raise PydanticCustomError(
+            "duration", "'{value}' is not a duration like 15m or 1h", {"value": str(value)}
+        )
+    d, h, m, s = (int(g or 0) for g in match.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+
+def _at_least(minimum: timedelta, label: str):
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise PydanticCustomError("too_short", f"must be at least {label}", {})
+        return value
+
+    return check
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _http_url(value: Any) -> str:
+    if not isinstance(value, str) or not is_http_url(value.strip()):
+        raise PydanticCustomError(
+            "http_url", "'{value}' is not an http:// or https:// URL", {"value": str(value)}
+        )
+    return value.strip()
+
+
+def _language(value: Any) -> str:
+    code = language_code(value) if isinstance(value, str) else None
+    if code is None:
+        raise PydanticCustomError(
+            "language",
+            "'{value}' is not an ISO 639-1 language code like en or it",
+            {"value": str(value)},
+        )
+    return code
+
+
+def _keywords(value: Any) -> list[str]:
+    terms = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(terms, list)
+        or not terms
+        or not all(isinstance(t, str) and t.strip() for t in terms)
+    ):
+        raise PydanticCustomError("query", "must be a keyword, a phrase or a list of them", {})
+    return [t.strip() for t in terms]
+
+
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+Language = Annotated[str, BeforeValidator(_language)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Model):
+    interval: Duration = timedelta(minutes=15)
+    timeout: Duration = timedelta(seconds=30)
+    user_agent: str = USER_AGENT
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    concurrency: int = Field(default=16, ge=1, le=256)
+    per_host_concurrency: int = Field(default=2, ge=1, le=16)
+    max_backoff: Duration = timedelta(hours=6)
+
+    _min_interval = field_validator("interval")(_at_least(timedelta(minutes=1), "1m"))
+    _min_timeout = field_validator("timeout")(_at_least(timedelta(seconds=1), "1s"))
+
+
+class FeedConfig(_Model):
+    name: Name
+    url: HttpUrl
+    language: Language | None = None
+    tags: list[str] = []
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    enabled: bool = True
+
+    _min_interval = field_validator("interval")(
+        lambda v: v if v is None else _at_least(timedelta(minutes=1), "1m")(v)
+    )
+    _min_timeout = field_validator("timeout")(
+        lambda v: v if v is None else _at_least(timedelta(seconds=1), "1s")(v)
+    )
+
+
+class TopicConfig(_Model):
+    label: str
+    query: Annotated[list[str], BeforeValidator(_keywords)]
+    description: str | None = None
+
+
+class SlackConfig(_Model):
+    # Where alerts go when a bot token is set (REELWATCH_SLACK_BOT_TOKEN).
+    # A webhook (REELWATCH_SLACK_WEBHOOK_URL) posts to its own fixed channel.
+    default_channel: str | None = None
+
+
+class DigestConfig(_Model):
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]]
+    topics: list[str] = []
+    schedule: str = "0 8 * * mon"
+    timezone: str = "UTC"
+    subject: str = "AI in entertainment: week of {start:%d %b}"
+    language: Literal["en", "it", "es", "fr", "de"] = "en"
+
+
+class Config(_Model):
+    defaults: Defaults = Defaults()
+    feeds: list[FeedConfig] = []
+    topics: dict[Name, TopicConfig] = {}
+    slack: SlackConfig = SlackConfig()
+    digests: dict[Name, DigestConfig] = {}
+
+    def interval(self, feed: FeedConfig) -> timedelta:
+        return feed.interval or self.defaults.interval
+
+    def timeout(self, feed: FeedConfig) -> timedelta:
+        return feed.timeout or self.defaults.timeout
+
+    def feed(self, name: str) -> FeedConfig | None:
+        return next((f for f in self.feeds if f.name == name), None)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    return Path(explicit or os.environ.get("REELWATCH_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate feeds.yaml; raise ConfigError naming every problem's line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (set --config or REELWATCH_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, filename: str = DEFAULT_CONFIG) -> Config:
+    try:
+        data = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(p for p in (exc.context, exc.problem) if p)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError(
+            [ConfigProblem(filename, line, col, "", f"YAML syntax: {message}")]
+        ) from None
+    if data is None:
+        data = CommentedMap()
+    if not isinstance(data, CommentedMap):
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    filename, 1, 1, "", "the file must be a mapping with feeds: and topics:"
+                )
+            ]
+        )
+    try:
+        config = Config.model_validate(_plain(data))
+    except ValidationError as exc:
+        problems = _dedupe(_problem(filename, data, err) for err in exc.errors())
+        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column))) from None
+    problems = list(_cross_checks(filename, data, config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _key_path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _position(data: Any, loc: tuple[Any, ...], *, at_key: bool = False) -> tuple[int, int, tuple]:
+    """Line and column (0-based) of the deepest node of `loc` present in the YAML, and its loc."""
+    node, line, col, found = data, 0, 0, ()
+    for i, part in enumerate(loc):
+        if isinstance(node, CommentedMap) and part in node:
+            last = i == len(loc) - 1
+            line, col = node.lc.key(part) if (at_key and last) else node.lc.value(part)
+            node, found = node[part], (*found, part)
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line, col = node.lc.item(part)
+            node, found = node[part], (*found, part)
+        else:
+            break
+    return line, col, found
+
+
+def _problem(filename: str, data: Any, err: Any) -> ConfigProblem:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    line, col, found = _position(data, loc, at_key=kind == "extra_forbidden")
+    message = err["msg"]
+    if kind == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}"
+        found = loc
+    elif kind == "missing":
+        message = f"missing required key {loc[-1]!r}"
+        found = loc
+    elif kind.endswith("_type") or kind in {"string_pattern_mismatch", "literal_error"}:
+        message = f"{message[0].lower()}{message[1:]} (got {err.get('input')!r})"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    return ConfigProblem(filename, line + 1, col + 1, _key_path(found or loc), message)
+
+
+def _dedupe(problems: Iterator[ConfigProblem]) -> list[ConfigProblem]:
+    seen: set[tuple[int, int, str]] = set()
+    out = []
+    for p in problems:
+        if (p.line, p.column, p.key) not in seen:
+            seen.add((p.line, p.column, p.key))
+            out.append(p)
+    return out
+
+
+def _cross_checks(filename: str, data: Any, config: Config) -> Iterator[ConfigProblem]:
+    def at(loc: tuple, message: str) -> ConfigProblem:
+        line, col, _ = _position(data, loc)
+        return ConfigProblem(filename, line + 1, col + 1, _key_path(loc), message)
+
+    names: dict[str, int] = {}
+    urls: dict[str, int] = {}
+    for i, feed in enumerate(config.feeds):
+        if feed.name in names:
+            yield at(
+                ("feeds", i, "name"),
+                f"duplicate feed name {feed.name!r} (also feeds[{names[feed.name]}])",
+            )
+        names.setdefault(feed.name, i)
+        key = canonical_url(feed.url) or feed.url
+        if key in urls:
+            yield at(
+                ("feeds", i, "url"), f"duplicate feed URL {feed.url!r} (also feeds[{urls[key]}])"
+            )
+        urls.setdefault(key, i)
+    for name, digest in config.digests.items():
+        for j, topic in enumerate(digest.topics):
+            if topic not in config.topics:
+                yield at(("digests", name, "topics", j), f"unknown topic {topic!r}")

@@ -1,0 +1,74 @@
+"""Pure decisions about feeds: when to poll next, how to back off, when to give up.
+
+Like reader's Decider, nothing here reads a clock or touches storage.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from monitor.types import FeedState, FeedUpdate, PollOutcome
+
+# A server may ask for a pause with Retry-After; more than a day is not a pause.
+RETRY_AFTER_CAP = timedelta(hours=24)
+
+
+def backoff(interval: timedelta, failures: int, cap: timedelta) -> timedelta:
+    """interval x 2^failures, capped (but never below the interval itself)."""
+    if failures <= 0:
+        return interval
+    return min(interval * (2 ** min(failures, 20)), max(cap, interval))
+
+
+def is_due(state: FeedState | None, now: datetime) -> bool:
+    if state is None:
+        return True
+    if state.disabled:
+        return False
+    return state.next_poll is None or state.next_poll <= now
+
+
+def decide_feed_update(
+    prev: FeedState | None,
+    outcome: PollOutcome,
+    *,
+    interval: timedelta,
+    max_backoff: timedelta,
+    now: datetime,
+) -> FeedUpdate:
+    failures_before = prev.consecutive_failures if prev else 0
+    if outcome.kind in ("ok", "unchanged"):
+        return FeedUpdate(
+            last_status=outcome.kind,
+            last_http_status=outcome.http_status,
+            last_error=None,
+            warning=outcome.warning,
+            etag=outcome.etag,
+            last_modified=outcome.last_modified,
+            consecutive_failures=0,
+            last_attempt=now,
+            last_success=now,
+            next_poll=now + interval,
+            disabled=False,
+            elapsed_ms=outcome.elapsed_ms,
+            title=outcome.title or (prev.title if prev else None),
+        )
+    failures = failures_before + 1
+    wait = backoff(interval, failures, max_backoff)
+    if outcome.retry_after is not None:
+        wait = max(wait, min(timedelta(seconds=outcome.retry_after), RETRY_AFTER_CAP))
+    return FeedUpdate(
+        last_status="gone" if outcome.gone else "failed",
+        last_http_status=outcome.http_status,
+        last_error=outcome.error,
+        warning=None,
+        etag=prev.etag if prev else None,
+        last_modified=prev.last_modified if prev else None,
+        consecutive_failures=failures,
+        last_attempt=now,
+        last_success=prev.last_success if prev else None,
+        next_poll=None if outcome.gone else now + wait,
+        disabled=outcome.gone,
+        elapsed_ms=outcome.elapsed_ms,
+        title=prev.title if prev else None,
+    )

@@ -1,0 +1,262 @@
+"""HTTP for feeds: one shared httpx client, bounded in every dimension, conditional.
+
+Like miniflux's fetcher, this module owns the HTTP facts and turns every
+failure into one FetchError a user can read ("timed out after 30 s",
+"response body too large"). It decides nothing about when to poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections import defaultdict
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from monitor.errors import FetchError
+from monitor.types import Fetched
+
+MAX_REDIRECTS = 5
+# httpx would decode br and zstd in one unbounded chunk, so a small bomb could
+# inflate in memory: advertise only what we decompress ourselves, bounded.
+ACCEPT_ENCODING = "gzip, deflate"
+ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_KEPT_HEADERS = ("content-type", "content-language", "content-location")
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def describe_status(code: int) -> str:
+    if code == 404:
+        return "resource not found (404 status code)"
+    if code in (401, 403):
+        return f"access denied ({code} status code): the feed needs a login or blocks us"
+    if code == 410:
+        return (
+            "gone (410 status code): the site removed this feed; "
+            "it is disabled until you change its URL"
+        )
+    if code == 429:
+        return "rate limited by the server (429 status code)"
+    if code >= 500:
+        return f"server error ({code} status code)"
+    return f"unexpected HTTP status {code}"
+
+
+class _BoundedDecoder:
+    """Decompresses a response body chunk by chunk and stops at `limit` bytes of output."""
+
+    def __init__(self, encoding: str, limit: int):
+        self.limit = limit
+        self.out = bytearray()
+        self._encoding = encoding
+        self._first = True
+        if encoding in ("", "identity"):
+            self._z = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise FetchError(
+                f"unsupported Content-Encoding {encoding!r} (we asked for gzip or deflate)"
+            )
+
+    def feed(self, chunk: bytes) -> None:
+        if self._z is None:
+            self.out += chunk
+            self._check()
+            return
+        if self._z.eof:
+            return
+        data = chunk
+        while data:
+            try:
+                piece = self._z.decompress(data, self.limit - len(self.out) + 1)
+            except zlib.error as exc:
+                if self._first and self._encoding == "deflate":
+                    # "deflate" is meant to be zlib-wrapped; some servers send raw deflate.
+                    self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                    self._first = False
+                    continue
+                raise FetchError(f"corrupt {self._encoding} body: {exc}") from None
+            self._first = False
+            self.out += piece
+            self._check()
+            if self._z.eof:
+                return
+            data = self._z.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if self._z is not None and not self._z.eof and self.out:
+            with contextlib.suppress(zlib.error):
+                self.out += self._z.flush()
+            self._check()
+        return bytes(self.out)
+
+    def _check(self) -> None:
+        if len(self.out) > self.limit:
+            raise FetchError(
+                f"response body too large (over {self.limit:,} bytes once decompressed)"
+            )
+
+
+class Fetcher:
+    """Fetches feeds politely: global and per-host concurrency, a total deadline per fetch."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        concurrency: int = 16,
+        per_host_concurrency: int = 2,
+        connect_timeout: float = 10.0,
+    ):
+        self.max_body_bytes = max_body_bytes
+        self._slots = asyncio.Semaphore(concurrency)
+        self._per_host = per_host_concurrency
+        self._hosts: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(self._per_host)
+        )
+        self._connect_timeout = connect_timeout
+        self._client = httpx.AsyncClient(
+            headers={
+                "User-Agent": user_agent,
+                "Accept": ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
+            follow_redirects=False,  # followed by hand: every hop is checked
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        timeout: float = 30.0,
+    ) -> Fetched:
+        host = urlsplit(url).hostname or ""
+        async with self._slots, self._hosts[host]:
+            started = time.monotonic()
+            try:
+                # A total deadline: a server trickling a byte every few seconds
+                # resets httpx's read timeout forever, never this one.
+                async with asyncio.timeout(timeout):
+                    return await self._fetch(url, etag, last_modified, timeout, started)
+            except TimeoutError:
+                raise FetchError(f"timed out after {timeout:g} s") from None
+            except httpx.TimeoutException:
+                raise FetchError(f"timed out after {timeout:g} s") from None
+            except httpx.ConnectError as exc:
+                raise FetchError(f"cannot connect: {exc or type(exc).__name__}") from None
+            except httpx.RemoteProtocolError as exc:
+                raise FetchError(f"the server broke the HTTP protocol: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise FetchError(f"HTTP error: {exc or type(exc).__name__}") from None
+
+    async def _fetch(
+        self, url: str, etag: str | None, last_modified: str | None, timeout: float, started: float
+    ) -> Fetched:
+        conditional = {}
+        if etag:
+            conditional["If-None-Match"] = etag
+        if last_modified:
+            conditional["If-Modified-Since"] = last_modified
+        http_timeout = httpx.Timeout(timeout, connect=min(self._connect_timeout, timeout))
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            if urlsplit(current).scheme not in ("http", "https"):
+                raise FetchError(f"refused a redirect to a non-http(s) URL: {current[:200]}")
+            request = self._client.build_request(
+                "GET", current, headers=conditional, timeout=http_timeout
+            )
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.status_code in _REDIRECTS:
+                    location = response.headers.get("location", "").strip()
+                    if not location:
+                        raise FetchError(f"redirect ({response.status_code}) without a Location")
+                    current = urljoin(str(response.url), location)
+                    continue
+                return await self._finish(response, etag, last_modified, started)
+            finally:
+                await response.aclose()
+        raise FetchError(f"too many redirects (more than {MAX_REDIRECTS})")
+
+    async def _finish(
+        self, response: httpx.Response, etag: str | None, last_modified: str | None, started: float
+    ) -> Fetched:
+        code = response.status_code
+        if code == 304:
+            return Fetched(
+                status=304,
+                url=str(response.url),
+                body=None,
+                headers={},
+                etag=response.headers.get("etag") or etag,
+                last_modified=response.headers.get("last-modified") or last_modified,
+                elapsed_ms=int((time.monotonic() - started) * 1000),
+            )
+        if not 200 <= code < 300:
+            retry_after = None
+            if code in (429, 503):
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), datetime.now(UTC)
+                )
+            raise FetchError(
+                describe_status(code), status=code, retry_after=retry_after, gone=code == 410
+            )
+        body = await self._read_body(response)
+        headers = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
+        headers.setdefault("content-location", str(response.url))
+        return Fetched(
+            status=code,
+            url=str(response.url),
+            body=body,
+            headers=headers,
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+            elapsed_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        limit = self.max_body_bytes
+        length = response.headers.get("content-length", "").strip()
+        if length.isdigit() and int(length) > limit:
+            raise FetchError(
+                f"response body too large (Content-Length {int(length):,} > {limit:,} bytes)"
+            )
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        decoder = _BoundedDecoder(encoding, limit)
+        async for chunk in response.aiter_raw():
+            decoder.feed(chunk)
+        return decoder.finish()

@@ -1,0 +1,159 @@
+"""Pure normalisation of what feeds say: URLs, text, dates, language codes.
+
+No I/O, no clock: callers pass `now`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# Query parameters that only track the reader; dropping them makes the same
+# article reached from a newsletter and from the feed one URL.
+_TRACKING_PARAMS = {"fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "igshid", "_hsenc"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Bidi overrides and isolates can make a title display as something else
+# ("moc.elgoog" trick); zero-width characters hide text from keyword matching.
+_INVISIBLE = dict.fromkeys(
+    [
+        *(0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF, 0x061C),
+        *range(0x202A, 0x202F),  # LRE, RLE, PDF, LRO, RLO
+        *range(0x2066, 0x206A),  # LRI, RLI, FSI, PDI
+    ],
+    None,
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SPACE = re.compile(r"\s+")
+_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]{1,31});")
+
+TITLE_MAX = 500
+SUMMARY_MAX = 2_000
+# HTML beyond this is not read at all: a 5 MB title must cost no more than a short one.
+_HTML_READ_MAX = 100_000
+
+# A published date before this, or more than a day ahead of now, is a feed bug
+# (epoch zero, 1900, 9999); the item is dated when we first saw it instead.
+_EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
+
+
+def is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def canonical_url(url: str | None) -> str | None:
+    """The URL two copies of one article share; None when it is not an http(s) URL."""
+    if not url:
+        return None
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
+    ]
+    path = parts.path or "/"
+    return urlunsplit((scheme, netloc, path, urlencode(query, doseq=True), ""))
+
+
+class _TextExtractor(HTMLParser):
+    """Collects the text of an HTML fragment; block elements become spaces."""
+
+    _SKIP = frozenset(
+        {"script", "style", "template", "noscript", "iframe", "object", "svg", "math"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        else:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skipping = max(0, self._skipping - 1)
+        else:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(fragment: str) -> str:
+    """Text of an HTML fragment: tags removed, entities decoded (not yet folded)."""
+    fragment = fragment[:_HTML_READ_MAX]
+    if "<" not in fragment and "&" not in fragment:
+        return fragment
+    parser = _TextExtractor()
+    parser.feed(fragment)
+    parser.close()
+    return "".join(parser.parts)
+
+
+def clean_text(value: str | None, limit: int) -> str:
+    """Plain, single-line, safe text from a feed field that may hold HTML."""
+    if not value:
+        return ""
+    text = html_to_text(value)
+    # Feeds double- and triple-escape ("&amp;amp;" survives one parse as "&amp;").
+    for _ in range(3):
+        if not _ENTITY.search(text):
+            break
+        text = html.unescape(text)
+    if "<" in text:  # markup that was escaped once too often: "&lt;b&gt;Lionsgate&lt;/b&gt;"
+        text = html_to_text(text)
+    text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
+    text = _CONTROL.sub(" ", text)
+    text = _SPACE.sub(" ", text).strip()
+    if len(text) > limit:
+        cut = text.rfind(" ", 0, limit - 1)
+        text = text[: cut if cut > limit // 2 else limit - 1].rstrip() + "…"
+    return text
+
+
+def plausible_published(candidate: datetime | None, now: datetime) -> datetime:
+    """The candidate as UTC, or `now` when it is missing or absurd."""
+    if candidate is None:
+        return now
+    if candidate.tzinfo is None:
+        candidate = candidate.replace(tzinfo=UTC)
+    candidate = candidate.astimezone(UTC)
+    if candidate < _EARLIEST_PLAUSIBLE or candidate > now + timedelta(days=1):
+        return now
+    return candidate
+
+
+_LANG = re.compile(r"^([A-Za-z]{2})(?:[-_][A-Za-z0-9]{1,8})*$")
+
+
+def language_code(value: str | None) -> str | None:
+    """ISO 639-1 code from a language tag ('en-US' -> 'en'); None when it is not one."""
+    if not value:
+        return None
+    match = _LANG.match(value.strip())
+    return match.group(1).lower() if match else None

@@ -1,0 +1,217 @@
+"""One poll of one feed, end to end: fetch -> parse (process pool) -> decide -> store.
+
+Orchestration only, like reader's Pipeline: the decisions live in decide.py,
+parse.py and classify/, the I/O in fetch.py and storage/.
+
+    repo.feed_state | fetcher.fetch | pool(parse_and_classify)
+        | decide_feed_update | repo.store_poll
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from monitor.classify import topic_spec
+from monitor.config import Config, FeedConfig
+from monitor.decide import decide_feed_update
+from monitor.errors import FetchError, ParseError
+from monitor.fetch import Fetcher
+from monitor.parse import ParseJob, parse_and_classify
+from monitor.types import ParsedFeed, PollOutcome
+from storage.repo import Repository, StoreResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    # forkserver: workers never inherit the event loop's threads or sockets.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["monitor.parse"])
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedReport:
+    feed: str
+    status: str  # ok | unchanged | failed | gone
+    new_items: int = 0
+    matches: int = 0
+    deliveries: int = 0
+    error: str | None = None
+    ms: int = 0
+
+
+@dataclass(slots=True)
+class PollSummary:
+    reports: list[FeedReport] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.reports if r.status == status)
+
+    @property
+    def new_items(self) -> int:
+        return sum(r.new_items for r in self.reports)
+
+    @property
+    def matches(self) -> int:
+        return sum(r.matches for r in self.reports)
+
+    @property
+    def deliveries(self) -> int:
+        return sum(r.deliveries for r in self.reports)
+
+
+class Poller:
+    def __init__(
+        self,
+        config: Config,
+        repo: Repository,
+        *,
+        alert_channel: str | None,
+        clock: Callable[[], datetime] = utcnow,
+        parse_workers: int | None = None,
+    ):
+        self.config = config
+        self.repo = repo
+        self.alert_channel = alert_channel
+        self.clock = clock
+        d = config.defaults
+        self.fetcher = Fetcher(
+            user_agent=d.user_agent,
+            max_body_bytes=d.max_body_bytes,
+            concurrency=d.concurrency,
+            per_host_concurrency=d.per_host_concurrency,
+        )
+        self._parse_workers = parse_workers
+        self._pool: ProcessPoolExecutor | None = None  # started on the first changed feed
+        # One thread owns the database: SQLite writes never contend, the loop never blocks.
+        self._db: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelwatch-db")
+        self._topics = topic_spec({tid: t.query for tid, t in config.topics.items()})
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._topics = topic_spec({tid: t.query for tid, t in config.topics.items()})
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._db.shutdown(wait=True)
+
+    async def _parse(self, job: ParseJob) -> ParsedFeed:
+        if self._pool is None:
+            self._pool = make_parse_pool(self._parse_workers)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, parse_and_classify, job)
+        except BrokenProcessPool:
+            # a worker died (killed, out of memory): start a fresh pool for the others
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            raise ParseError("the parser process died while reading this feed") from None
+
+    async def poll_feed(self, feed: FeedConfig) -> FeedReport:
+        started = time.monotonic()
+        state = await self.db(self.repo.feed_state, feed.name)
+        same_url = state is not None and state.url == feed.url
+        now = self.clock()
+        parsed: ParsedFeed | None = None
+        try:
+            fetched = await self.fetcher.fetch(
+                feed.url,
+                etag=state.etag if same_url else None,
+                last_modified=state.last_modified if same_url else None,
+                timeout=self.config.timeout(feed).total_seconds(),
+            )
+            if fetched.body is None:
+                outcome = PollOutcome(
+                    "unchanged", 0, 304, etag=fetched.etag, last_modified=fetched.last_modified
+                )
+            else:
+                job = ParseJob(
+                    feed.name, fetched.url, fetched.body, fetched.headers, feed.language, now,
+                    self._topics,
+                )  # fmt: skip
+                parsed = await self._parse(job)
+                outcome = PollOutcome(
+                    "ok", 0, fetched.status, warning=parsed.warning, etag=fetched.etag,
+                    last_modified=fetched.last_modified, title=parsed.title,
+                )  # fmt: skip
+        except FetchError as exc:
+            outcome = PollOutcome(
+                "failed", 0, exc.status, error=exc.reason, retry_after=exc.retry_after,
+                gone=exc.gone,
+            )  # fmt: skip
+        except ParseError as exc:
+            outcome = PollOutcome("failed", 0, 200, error=exc.reason)
+        except Exception as exc:  # one feed's surprise must not stop the others
+            log.exception("feed poll crashed feed=%s", feed.name)
+            outcome = PollOutcome(
+                "failed", 0, None, error=f"internal error: {type(exc).__name__}: {exc}"
+            )
+        ms = int((time.monotonic() - started) * 1000)
+        outcome = replace(outcome, elapsed_ms=ms)
+        update = decide_feed_update(
+            state, outcome, interval=self.config.interval(feed),
+            max_backoff=self.config.defaults.max_backoff, now=now,
+        )  # fmt: skip
+        try:
+            stored = await self.db(
+                self.repo.store_poll, feed.name, feed.url, update, parsed, self.alert_channel, now
+            )
+        except Exception as exc:
+            log.exception("storing the poll failed feed=%s", feed.name)
+            return FeedReport(feed.name, "failed", error=f"storage error: {exc}", ms=ms)
+        return self._report(feed, update.last_status, outcome, stored, ms)
+
+    def _report(
+        self, feed: FeedConfig, status: str, outcome: PollOutcome, stored: StoreResult, ms: int
+    ) -> FeedReport:
+        if status in ("failed", "gone"):
+            log.warning(
+                "feed failed feed=%s url=%s status=%s error=%r ms=%d",
+                feed.name, feed.url, outcome.http_status, outcome.error, ms,
+            )  # fmt: skip
+        else:
+            log.info(
+                "feed polled feed=%s status=%s new=%d matches=%d ms=%d%s",
+                feed.name, outcome.http_status, stored.new_items, stored.new_matches, ms,
+                f" warning={outcome.warning!r}" if outcome.warning else "",
+            )  # fmt: skip
+        return FeedReport(
+            feed.name, status, stored.new_items, stored.new_matches, stored.new_deliveries,
+            outcome.error, ms,
+        )  # fmt: skip
+
+    async def poll_many(
+        self, feeds: Iterable[FeedConfig], on_done: Callable[[FeedReport], None] | None = None
+    ) -> PollSummary:
+        summary = PollSummary()
+
+        async def one(feed: FeedConfig) -> None:
+            report = await self.poll_feed(feed)
+            summary.reports.append(report)
+            if on_done:
+                on_done(report)
+
+        # the fetcher's semaphores bound concurrency; tasks are cheap
+        await asyncio.gather(*(one(f) for f in feeds))
+        return summary

@@ -1,0 +1,116 @@
+"""The tables. Domain types (monitor.types) are converted to and from these in repo.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (naive text) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; pass UTC-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(**kw: Any) -> Any:
+    nullable = kw.pop("nullable", True)
+    return Field(sa_column=Column(UTCDateTime(), nullable=nullable, **kw))
+
+
+class FeedRow(SQLModel, table=True):
+    __tablename__ = "feeds"
+
+    name: str = Field(primary_key=True)
+    url: str = Field(sa_type=Text)
+    title: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    last_status: str | None = None  # ok | unchanged | failed | gone
+    last_http_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    warning: str | None = Field(default=None, sa_type=Text)
+    consecutive_failures: int = 0
+    last_attempt: datetime | None = _utc()
+    last_success: datetime | None = _utc()
+    next_poll: datetime | None = _utc()
+    disabled: bool = False
+    polls: int = 0
+    mean_poll_ms: float | None = None
+
+
+class ItemRow(SQLModel, table=True):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("feed", "identity", name="uq_items_feed_identity"),
+        Index("ix_items_url", "url"),
+        Index("ix_items_published", "published"),
+        Index("ix_items_feed_url", "feed", "url"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed: str
+    identity: str = Field(sa_type=Text)
+    guid: str | None = Field(default=None, sa_type=Text)
+    url: str | None = Field(default=None, sa_type=Text)
+    title: str = Field(sa_type=Text)
+    summary: str = Field(default="", sa_type=Text)
+    author: str | None = None
+    categories: list[str] = Field(default_factory=list, sa_type=JSON)
+    language: str | None = None
+    published: datetime = _utc(nullable=False)
+    first_seen: datetime = _utc(nullable=False)
+
+
+class MatchRow(SQLModel, table=True):
+    __tablename__ = "matches"
+    __table_args__ = (UniqueConstraint("item_id", "topic", name="uq_matches_item_topic"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="items.id", index=True)
+    topic: str = Field(index=True)
+    terms: list[str] = Field(default_factory=list, sa_type=JSON)
+    score: float
+
+
+class DeliveryRow(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("item_id", "channel", name="uq_deliveries_item_channel"),
+        Index("ix_deliveries_due", "status", "next_attempt"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="items.id", index=True)
+    channel: str  # a Slack channel, "webhook" or "console"
+    status: str = "pending"  # pending | sent | failed
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=Text)
+    next_attempt: datetime = _utc(nullable=False)
+    created: datetime = _utc(nullable=False)
+    sent_at: datetime | None = _utc()
+
+
+class HeartbeatRow(SQLModel, table=True):
+    __tablename__ = "heartbeats"
+
+    name: str = Field(primary_key=True)
+    at: datetime = _utc(nullable=False)
+    pid: int
+    host: str

@@ -1,0 +1,327 @@
+"""Every query reelwatch runs, named by intent. The rest of the code never writes SQL.
+
+Methods are synchronous; the service calls them from one dedicated thread so
+the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel
+
+from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedFeed
+from storage.models import DeliveryRow, FeedRow, HeartbeatRow, ItemRow, MatchRow
+
+_CHUNK = 500  # rows per statement: well under SQLite's 32,766 bound parameters
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    new_items: int = 0
+    new_matches: int = 0
+    new_deliveries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    id: int
+    item: Item
+    first_seen: datetime
+    matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: int
+    item_id: int
+    channel: str
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    id: int
+    channel: str
+    attempts: int
+    stored: StoredItem
+
+
+def _to_item(row: ItemRow) -> Item:
+    return Item(
+        feed=row.feed,
+        identity=row.identity,
+        guid=row.guid,
+        url=row.url,
+        title=row.title,
+        summary=row.summary,
+        published=row.published,
+        language=row.language,
+        author=row.author,
+        categories=tuple(row.categories or ()),
+    )
+
+
+def _to_state(row: FeedRow) -> FeedState:
+    return FeedState(
+        **{f: getattr(row, f) for f in FeedState.__dataclass_fields__ if hasattr(row, f)}
+    )
+
+
+class Repository:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def create_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+
+    # -- feeds -------------------------------------------------------------------------------
+
+    def feed_states(self) -> dict[str, FeedState]:
+        with Session(self.engine) as s:
+            return {row.name: _to_state(row) for row in s.exec(select(FeedRow)).scalars()}
+
+    def feed_state(self, name: str) -> FeedState | None:
+        with Session(self.engine) as s:
+            row = s.get(FeedRow, name)
+            return _to_state(row) if row else None
+
+    def store_poll(
+        self,
+        feed: str,
+        url: str,
+        update_: FeedUpdate,
+        parsed: ParsedFeed | None,
+        channel: str | None,
+        now: datetime,
+    ) -> StoreResult:
+        """Record a poll in one transaction: the feed's state, its new items, their
+        matches and, for matching items, a pending delivery to `channel` (the outbox)."""
+        with Session(self.engine) as s, s.begin():
+            self._save_feed_state(s, feed, url, update_)
+            if parsed is None or not parsed.items:
+                return StoreResult()
+            return self._store_items(s, feed, parsed, channel, now)
+
+    def _save_feed_state(self, s: Session, feed: str, url: str, u: FeedUpdate) -> None:
+        row = s.get(FeedRow, feed) or FeedRow(name=feed, url=url)
+        row.url = url
+        for field in (
+            "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
+            "consecutive_failures", "last_attempt", "last_success", "next_poll", "disabled",
+        ):  # fmt: skip
+            setattr(row, field, getattr(u, field))
+        row.title = u.title or row.title
+        row.polls = (row.polls or 0) + 1
+        prev = row.mean_poll_ms
+        row.mean_poll_ms = float(u.elapsed_ms) if prev is None else 0.8 * prev + 0.2 * u.elapsed_ms
+        s.add(row)
+
+    def _store_items(
+        self, s: Session, feed: str, parsed: ParsedFeed, channel: str | None, now: datetime
+    ) -> StoreResult:
+        items = parsed.items
+        # A feed that changes an item's guid on every request still links the same
+        # article: an item whose canonical URL this feed already gave us is not new.
+        urls = [i.url for i in items if i.url]
+        known_urls: set[str] = set()
+        for chunk in _chunks(urls):
+            known_urls.update(
+                s.execute(
+                    select(ItemRow.url).where(ItemRow.feed == feed, ItemRow.url.in_(chunk))
+                ).scalars()
+            )
+        rows = []
+        for item in items:
+            if item.url and item.url in known_urls:
+                continue
+            if item.url:
+                known_urls.add(item.url)
+            rows.append(
+                {
+                    "feed": feed,
+                    "identity": item.identity,
+                    "guid": item.guid,
+                    "url": item.url,
+                    "title": item.title,
+                    "summary": item.summary,
+                    "author": item.author,
+                    "categories": list(item.categories),
+                    "language": item.language,
+                    "published": item.published,
+                    "first_seen": now,
+                }
+            )
+        table = ItemRow.__table__
+        new_ids: dict[str, int] = {}
+        for chunk in _chunks(rows):
+            stmt = (
+                self._insert(table)
+                .values(chunk)
+                .on_conflict_do_nothing(index_elements=["feed", "identity"])
+                .returning(table.c.id, table.c.identity)
+            )
+            new_ids.update((identity, id_) for id_, identity in s.execute(stmt))
+        match_rows = []
+        delivery_rows = []
+        for identity, item_id in new_ids.items():
+            matches = parsed.matches.get(identity, ())
+            match_rows += [
+                {"item_id": item_id, "topic": m.topic, "terms": list(m.terms), "score": m.score}
+                for m in matches
+            ]
+            if matches and channel:
+                delivery_rows.append(
+                    {
+                        "item_id": item_id,
+                        "channel": channel,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt": now,
+                        "created": now,
+                    }
+                )
+        for chunk in _chunks(match_rows):
+            s.execute(self._insert(MatchRow.__table__).values(chunk).on_conflict_do_nothing())
+        for chunk in _chunks(delivery_rows):
+            s.execute(self._insert(DeliveryRow.__table__).values(chunk).on_conflict_do_nothing())
+        return StoreResult(len(new_ids), len(match_rows), len(delivery_rows))
+
+    # -- items -------------------------------------------------------------------------------
+
+    def list_items(
+        self,
+        *,
+        since: datetime | None = None,
+        topic: str | None = None,
+        feed: str | None = None,
+        limit: int | None = 100,
+    ) -> list[StoredItem]:
+        with Session(self.engine) as s:
+            q = select(ItemRow).order_by(ItemRow.published.desc(), ItemRow.id.desc())
+            if since is not None:
+                q = q.where(ItemRow.published >= since)
+            if feed is not None:
+                q = q.where(ItemRow.feed == feed)
+            if topic is not None:
+                q = q.where(ItemRow.id.in_(select(MatchRow.item_id).where(MatchRow.topic == topic)))
+            if limit is not None:
+                q = q.limit(limit)
+            rows = list(s.execute(q).scalars())
+            return self._with_matches(s, rows)
+
+    def _with_matches(self, s: Session, rows: Sequence[ItemRow]) -> list[StoredItem]:
+        by_item: dict[int, list[Match]] = {}
+        ids = [r.id for r in rows]
+        for chunk in _chunks(ids):
+            for m in s.execute(select(MatchRow).where(MatchRow.item_id.in_(chunk))).scalars():
+                by_item.setdefault(m.item_id, []).append(
+                    Match(topic=m.topic, terms=tuple(m.terms), score=m.score)
+                )
+        return [
+            StoredItem(r.id, _to_item(r), r.first_seen, tuple(by_item.get(r.id, ()))) for r in rows
+        ]
+
+    def count_items(self, feed: str | None = None) -> int:
+        with Session(self.engine) as s:
+            q = select(func.count()).select_from(ItemRow)
+            if feed:
+                q = q.where(ItemRow.feed == feed)
+            return s.execute(q).scalar_one()
+
+    # -- deliveries (the outbox) -------------------------------------------------------------
+
+    def pending_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
+        with Session(self.engine) as s:
+            rows = list(
+                s.execute(
+                    select(DeliveryRow, ItemRow)
+                    .join(ItemRow, ItemRow.id == DeliveryRow.item_id)
+                    .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt <= now)
+                    .order_by(DeliveryRow.next_attempt, DeliveryRow.id)
+                    .limit(limit)
+                )
+            )
+            stored = {si.id: si for si in self._with_matches(s, [item for _, item in rows])}
+            return [PendingDelivery(d.id, d.channel, d.attempts, stored[i.id]) for d, i in rows]
+
+    def mark_delivery_sent(self, delivery_id: int, now: datetime) -> None:
+        self._update_delivery(
+            delivery_id, status="sent", sent_at=now, last_error=None,
+            attempts=DeliveryRow.attempts + 1,
+        )  # fmt: skip
+
+    def mark_delivery_retry(self, delivery_id: int, error: str, next_attempt: datetime) -> None:
+        self._update_delivery(
+            delivery_id, last_error=error[:1000], next_attempt=next_attempt,
+            attempts=DeliveryRow.attempts + 1,
+        )  # fmt: skip
+
+    def mark_delivery_failed(self, delivery_id: int, error: str) -> None:
+        self._update_delivery(
+            delivery_id, status="failed", last_error=error[:1000], attempts=DeliveryRow.attempts + 1
+        )
+
+    def _update_delivery(self, delivery_id: int, **values: Any) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(
+                update(DeliveryRow)
+                .where(and_(DeliveryRow.id == delivery_id, DeliveryRow.status == "pending"))
+                .values(**values)
+            )
+
+    def deliveries(self, status: str | None = None, limit: int = 1000) -> list[DeliveryRecord]:
+        with Session(self.engine) as s:
+            q = select(DeliveryRow).order_by(DeliveryRow.id.desc()).limit(limit)
+            if status is not None:
+                q = q.where(DeliveryRow.status == status)
+            return [
+                DeliveryRecord(
+                    d.id,
+                    d.item_id,
+                    d.channel,
+                    d.status,
+                    d.attempts,
+                    d.last_error,
+                    d.next_attempt,
+                    d.sent_at,
+                )
+                for d in s.execute(q).scalars()
+            ]
+
+    def delivery_counts(self) -> dict[str, int]:
+        with Session(self.engine) as s:
+            q = select(DeliveryRow.status, func.count()).group_by(DeliveryRow.status)
+            return {status: n for status, n in s.execute(q)}
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    def write_heartbeat(self, name: str, now: datetime) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(HeartbeatRow, name) or HeartbeatRow(
+                name=name, at=now, pid=os.getpid(), host=socket.gethostname()
+            )
+            row.at, row.pid, row.host = now, os.getpid(), socket.gethostname()
+            s.add(row)
+
+    def heartbeat(self, name: str) -> datetime | None:
+        with Session(self.engine) as s:
+            row = s.get(HeartbeatRow, name)
+            return row.at if row else None
+
+
+def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

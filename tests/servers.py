@@ -1,0 +1,196 @@
+"""Real servers on 127.0.0.1 for the tests: a feed server and a Slack Web API server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+LAST_MODIFIED = "Mon, 23 Nov 2026 08:00:00 GMT"
+
+
+@dataclass
+class Route:
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/rss+xml; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+    conditional: bool = True  # send ETag/Last-Modified and honour them with 304
+    # full control: called with the request handler instead of the above
+    handler: Callable[[BaseHTTPRequestHandler], None] | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    path: str
+    headers: dict[str, str]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _start(handler_cls: type[BaseHTTPRequestHandler], owner: Any) -> _Server:
+    server = _Server(("127.0.0.1", 0), handler_cls)
+    server.owner = owner  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _FeedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner: FeedServer = self.server.owner  # type: ignore[attr-defined]
+        owner.requests.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        route = owner.routes.get(self.path)
+        if route is None:
+            self._send(404, b"not found", "text/plain")
+            return
+        if route.handler is not None:
+            route.handler(self)
+            return
+        extra = dict(route.headers)
+        if route.conditional and route.status == 200:
+            etag = '"' + hashlib.sha1(route.body).hexdigest()[:16] + '"'
+            extra.update({"ETag": etag, "Last-Modified": LAST_MODIFIED})
+            if self.headers.get("If-None-Match") == etag:
+                self._send(304, b"", None, extra)
+                return
+        self._send(route.status, route.body, route.content_type, extra)
+
+    def _send(
+        self, status: int, body: bytes, ctype: str | None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        if ctype:
+            self.send_header("Content-Type", ctype)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if status != 304:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if status != 304:
+            self.wfile.write(body)
+
+
+class FeedServer:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[Seen] = []
+        self._server = _start(_FeedHandler, self)
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add(self, path: str, body: bytes = b"", **kw: Any) -> str:
+        self.routes[path] = Route(body=body, **kw)
+        return self.base + path
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def seen(self, path: str) -> list[Seen]:
+        return [r for r in self.requests if r.path == path]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass(frozen=True)
+class SlackCall:
+    path: str
+    headers: dict[str, str]
+    payload: dict[str, Any]
+
+
+class _SlackHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        owner: SlackServer = self.server.owner  # type: ignore[attr-defined]
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        ctype = self.headers.get("Content-Type", "")
+        if "json" in ctype:
+            payload = json.loads(raw or b"{}")
+        else:
+            payload = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        call = SlackCall(self.path, {k.lower(): v for k, v in self.headers.items()}, payload)
+        with owner.lock:
+            owner.attempts.append(call)
+            forced = owner.failures.pop(0) if owner.failures else None
+        if forced is not None:
+            status, body, headers = forced
+            self._send(status, body, headers)
+            return
+        if self.path.startswith("/services/"):
+            with owner.lock:
+                owner.calls.append(call)
+            self._send(200, b"ok", {"Content-Type": "text/plain"})
+            return
+        if self.path == "/api/chat.postMessage":
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if token != owner.token:
+                self._json({"ok": False, "error": "invalid_auth"})
+                return
+            channel = payload.get("channel")
+            if channel not in owner.channels:
+                self._json({"ok": False, "error": "channel_not_found"})
+                return
+            with owner.lock:
+                owner.calls.append(call)
+                ts = f"{time.time():.6f}"
+            self._json(
+                {"ok": True, "channel": "C0001", "ts": ts, "message": {"text": payload.get("text")}}
+            )
+            return
+        self._json({"ok": False, "error": "unknown_method"}, 404)
+
+    def _json(self, data: dict[str, Any], status: int = 200) -> None:
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class SlackServer:
+    """Speaks enough of the Slack Web API (chat.postMessage) and incoming webhooks."""
+
+    token = "xoxb-test-token"
+
+    def __init__(self, channels: tuple[str, ...] = ("#ai-news", "#policy")) -> None:
+        self.channels = set(channels)
+        self.calls: list[SlackCall] = []  # accepted messages
+        self.attempts: list[SlackCall] = []  # every request, accepted or not
+        self.failures: list[tuple[int, bytes, dict[str, str]]] = []  # answers to force, in order
+        self.lock = threading.Lock()
+        self._server = _start(_SlackHandler, self)
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.api_url = self.base + "/api/"
+        self.webhook_url = self.base + "/services/T000/B000/XXXX"
+
+    def fail_next(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        self.failures.append((status, body, headers or {"Content-Type": "text/html"}))
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,256 @@
+"""`reelwatch poll` end to end: real feeds from a loopback server into SQLite and out to Slack."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from storage import Repository, make_engine
+from tests.conftest import fixture, write_config
+from tests.servers import FeedServer, SlackServer
+
+THR = "thr_rescraped_rss2.xml"  # 9 items
+ARS = "arstechnica_2024-04-01_rss2.xml"  # 20 items, 5 mention AI (Sora and friends)
+
+
+def repo() -> Repository:
+    return Repository(make_engine())
+
+
+def poll(config: Path, *extra: str) -> int:
+    return main(["poll", "--config", str(config), *extra])
+
+
+def items_json(config: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> list[dict]:
+    capsys.readouterr()
+    assert main(["items", "--config", str(config), "--since", "36500d", "--limit", "1000",
+                 "--format", "json", *extra]) == 0  # fmt: skip
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_first_poll_stores_every_item(feed_server: FeedServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"thr": feed_server.add("/thr.xml", fixture(THR))})
+    assert poll(config) == 0
+    stored = repo().list_items(limit=None)
+    assert len(stored) == 9
+    state = repo().feed_state("thr")
+    assert state is not None and state.last_status == "ok" and state.last_success is not None
+    assert state.etag and state.last_modified
+
+
+def test_second_poll_sends_etag_and_stores_nothing(feed_server: FeedServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"thr": feed_server.add("/thr.xml", fixture(THR))})
+    assert poll(config) == 0
+    assert poll(config) == 0
+    first, second = feed_server.seen("/thr.xml")
+    assert "if-none-match" not in first.headers
+    assert second.headers["if-none-match"] == repo().feed_state("thr").etag
+    assert second.headers["if-modified-since"] == repo().feed_state("thr").last_modified
+    assert repo().feed_state("thr").last_status == "unchanged"
+    assert repo().count_items() == 9
+
+
+def test_changed_feed_stores_only_the_new_items(feed_server: FeedServer, tmp_path: Path) -> None:
+    whole = fixture(THR)
+    # the same feed an hour earlier: its first item not yet published
+    start = whole.index(b"<item>")
+    end = whole.index(b"</item>", start) + len(b"</item>")
+    earlier = whole[:start] + whole[end:]
+    config = write_config(tmp_path, {"thr": feed_server.add("/thr.xml", earlier)})
+    assert poll(config) == 0
+    assert repo().count_items() == 8
+    feed_server.add("/thr.xml", whole)
+    assert poll(config) == 0
+    assert repo().count_items() == 9
+    assert poll(config) == 0  # polling again stores nothing twice
+    assert repo().count_items() == 9
+
+
+def test_request_is_polite(feed_server: FeedServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"thr": feed_server.add("/thr.xml", fixture(THR))})
+    poll(config)
+    (request,) = feed_server.seen("/thr.xml")
+    assert request.headers["user-agent"].startswith("reelwatch/")
+    assert request.headers["accept-encoding"] == "gzip, deflate"
+
+
+def _truncated(body: bytes) -> bytes:
+    return body[: len(body) // 2]
+
+
+def _slow(handler) -> None:  # headers, then nothing: the total deadline must end it
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/rss+xml")
+    handler.send_header("Content-Length", "100000")
+    handler.end_headers()
+    for _ in range(20):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(0.5)
+
+
+BROKEN = {
+    "server-error": dict(body=b"oops", status=500, content_type="text/plain"),
+    "html-page": dict(
+        body=b"<!DOCTYPE html><html><head><title>Home</title></head><body>hi</body></html>",
+        content_type="text/html",
+    ),
+    "entities": dict(
+        body=b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY a "aaaaaaaaaa">'
+        b'<!ENTITY b "&a;&a;&a;">]><rss><channel><title>&b;</title></channel></rss>'
+    ),
+    "gzip-bomb": dict(
+        body=gzip.compress(b"<rss>" + b" " * (64 * 1024 * 1024)),
+        headers={"Content-Encoding": "gzip"},
+    ),
+    "file-path": dict(body=b"/etc/passwd", content_type="text/plain"),
+    "timeout": dict(handler=_slow),
+}
+
+
+def test_broken_feeds_are_recorded_and_the_others_stored(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feeds = {"thr": feed_server.add("/thr.xml", fixture(THR))}
+    for name, kw in BROKEN.items():
+        feeds[name] = feed_server.add(f"/{name}", **kw)
+    feeds["truncated"] = feed_server.add("/truncated", _truncated(fixture(ARS)))
+    feeds["ars"] = feed_server.add("/ars.xml", fixture(ARS))
+    config = write_config(tmp_path, feeds, timeout="2s")
+
+    assert poll(config) == 0  # some feeds failed, the pass itself worked
+    out = capsys.readouterr().out
+    states = repo().feed_states()
+    errors = {name: states[name].last_error for name in BROKEN}
+    assert "server error (500" in errors["server-error"]
+    assert "HTML page" in errors["html-page"]
+    assert "declares XML entities" in errors["entities"]
+    assert "too large" in errors["gzip-bomb"]
+    assert "not an RSS or Atom feed" in errors["file-path"]
+    assert "timed out after 2 s" in errors["timeout"]
+    for name in BROKEN:
+        assert states[name].last_status == "failed"
+        assert states[name].consecutive_failures == 1
+        assert states[name].next_poll is not None
+        assert f"{name}: " in out
+    # the truncated document is repaired as far as possible and says so
+    assert (
+        states["truncated"].last_status == "ok" and "not well-formed" in states["truncated"].warning
+    )
+    assert repo().count_items("thr") == 9
+    assert repo().count_items("ars") == 20
+    assert repo().count_items("file-path") == 0
+
+
+def test_items_json_lists_what_matched_and_why(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, {"ars": feed_server.add("/ars.xml", fixture(ARS))})
+    assert poll(config) == 0
+    rows = items_json(config, capsys)
+    assert len(rows) == 20
+    for row in rows:
+        assert {"id", "feed", "guid", "title", "url", "published", "language", "relevant",
+                "topics", "terms"} <= row.keys()  # fmt: skip
+        assert row["feed"] == "ars" and row["published"].endswith("+00:00")
+    sora = next(r for r in rows if "Sora" in r["title"])
+    assert sora["relevant"] is True and sora["topics"] == ["ai"] and "Sora" in sora["terms"]
+    relevant = items_json(config, capsys, "--topic", "ai")
+    assert {r["id"] for r in relevant} == {r["id"] for r in rows if r["relevant"]}
+    assert all(not r["topics"] for r in rows if not r["relevant"])
+
+
+def test_alerts_go_to_the_console_without_slack(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, {"ars": feed_server.add("/ars.xml", fixture(ARS))})
+    assert poll(config) == 0
+    out = capsys.readouterr().out
+    alerts = [line for line in out.splitlines() if line.startswith("ALERT ")]
+    relevant = [s for s in repo().list_items(limit=None) if s.matches]
+    assert relevant and len(alerts) == len(relevant)
+    assert any("Sora" in line for line in alerts)
+    assert poll(config) == 0  # nothing new: nothing alerts again
+    assert "ALERT" not in capsys.readouterr().out
+
+
+def _bot(monkeypatch: pytest.MonkeyPatch, slack: SlackServer) -> None:
+    monkeypatch.setenv("REELWATCH_SLACK_BOT_TOKEN", slack.token)
+    monkeypatch.setenv("REELWATCH_SLACK_API_URL", slack.api_url)
+
+
+def test_slack_500_leaves_delivery_pending_and_next_dispatch_sends_it_once(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from alerts.outbox import dispatch_pending
+    from alerts.slack import SlackSettings
+    from monitor.pipeline import utcnow
+
+    _bot(monkeypatch, slack_server)
+    config = write_config(
+        tmp_path, {"ars": feed_server.add("/ars.xml", fixture(ARS))},
+        extra='slack:\n  default_channel: "#ai-news"\n',
+    )  # fmt: skip
+    slack_server.fail_next(500, b"<html>Internal Server Error</html>")
+    assert poll(config) == 0
+    relevant_count = sum(1 for s in repo().list_items(limit=None) if s.matches)
+    assert relevant_count >= 4
+    assert len(slack_server.calls) == relevant_count - 1
+    r = repo()
+    counts = r.delivery_counts()
+    assert counts == {"sent": relevant_count - 1, "pending": 1}
+    (pending,) = r.pending_deliveries(utcnow() + __import__("datetime").timedelta(hours=2))
+    assert pending.attempts == 1
+    # not due yet: a dispatch right now sends nothing
+    slack = SlackSettings.from_env()
+    assert dispatch_pending(r, slack.sender_for, utcnow()).sent == 0
+    later = utcnow() + __import__("datetime").timedelta(minutes=5)
+    assert dispatch_pending(r, slack.sender_for, later).sent == 1
+    assert dispatch_pending(r, slack.sender_for, later).sent == 0
+    assert r.delivery_counts() == {"sent": relevant_count}
+    titles = [c.payload["text"] for c in slack_server.calls]
+    assert len(titles) == len(set(titles)) == relevant_count
+    assert all(c.payload["channel"] == "#ai-news" for c in slack_server.calls)
+    assert all(
+        c.headers["authorization"] == f"Bearer {slack_server.token}" for c in slack_server.calls
+    )
+
+
+def test_webhook_receives_block_kit_alerts(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REELWATCH_SLACK_WEBHOOK_URL", slack_server.webhook_url)
+    config = write_config(tmp_path, {"ars": feed_server.add("/ars.xml", fixture(ARS))})
+    assert poll(config) == 0
+    assert len(slack_server.calls) == sum(1 for s in repo().list_items(limit=None) if s.matches)
+    payload = slack_server.calls[0].payload
+    assert payload["blocks"][0]["type"] == "section"
+    assert payload["text"]
+
+
+def test_permanent_slack_error_marks_delivery_failed(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    _bot(monkeypatch, slack_server)
+    config = write_config(
+        tmp_path, {"ars": feed_server.add("/ars.xml", fixture(ARS))},
+        extra='slack:\n  default_channel: "#nowhere"\n',
+    )  # fmt: skip
+    assert poll(config) == 0
+    assert repo().delivery_counts() == {"failed": 5}
+    assert "channel not found" in repo().deliveries("failed")[0].last_error
+    assert slack_server.calls == []
+
+
+def test_poll_unknown_feed_is_bad_usage(tmp_path: Path, feed_server: FeedServer) -> None:
+    config = write_config(tmp_path, {"thr": feed_server.add("/thr.xml", fixture(THR))})
+    assert poll(config, "--feed", "nope") == 2
+    assert poll(config, "--feed", "thr") == 0

@@ -248,6 +248,10 @@ def _position(data: Any, loc: tuple[Any, ...], *, at_key: bool = False) -> tuple
     return line, col, found
 
 
+# error types whose messages we wrote ourselves and that already quote the value
+_OWN_MESSAGES = {"duration", "http_url", "language", "query", "too_short"}
+
+
 def _problem(filename: str, data: Any, err: Any) -> ConfigProblem:
     loc = tuple(err["loc"])
     kind = err["type"]
@@ -259,10 +263,12 @@ def _problem(filename: str, data: Any, err: Any) -> ConfigProblem:
     elif kind == "missing":
         message = f"missing required key {loc[-1]!r}"
         found = loc
-    elif kind.endswith("_type") or kind in {"string_pattern_mismatch", "literal_error"}:
-        message = f"{message[0].lower()}{message[1:]} (got {err.get('input')!r})"
-    elif message.startswith("Value error, "):
+    elif kind not in _OWN_MESSAGES:
         message = message.removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        value = err.get("input")
+        if isinstance(value, str | int | float | bool):
+            message += f" (got {value!r})"
     return ConfigProblem(filename, line + 1, col + 1, _key_path(found or loc), message)
 
 

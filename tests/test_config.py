@@ -1,0 +1,153 @@
+"""feeds.yaml is validated whole, and every refusal points at the text to fix."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from monitor.config import load_config, parse_config
+from monitor.errors import ConfigError
+
+GOOD = """\
+defaults:
+  interval: 10m
+feeds:
+  - name: thr
+    url: https://www.hollywoodreporter.com/feed/
+  - name: thr-roma
+    url: https://www.hollywoodreporter.it/feed/
+    language: it
+    interval: 1h
+topics:
+  ai: {label: AI, query: [AI, intelligenza artificiale]}
+"""
+
+
+def refusal(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "feeds.yaml")
+    return [str(p) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (  # wrong duration, pointing at the value
+            GOOD.replace("interval: 1h", "interval: 15 minutes"),
+            "feeds.yaml:9:15: feeds[1].interval: '15 minutes' is not a duration like 15m or 1h",
+        ),
+        (  # below the minimum
+            GOOD.replace("interval: 1h", "interval: 30s"),
+            "feeds.yaml:9:15: feeds[1].interval: must be at least 1m",
+        ),
+        (  # unknown key, pointing at the key
+            GOOD.replace("    language: it\n", "    langauge: it\n"),
+            "feeds.yaml:8:5: feeds[1].langauge: unknown key 'langauge'",
+        ),
+        (  # not http(s)
+            GOOD.replace("https://www.hollywoodreporter.it/feed/", "ftp://example.org/feed"),
+            "feeds.yaml:7:10: feeds[1].url: 'ftp://example.org/feed' is not an http:// or https:// URL",
+        ),
+        (  # duplicate name
+            GOOD.replace("name: thr-roma", "name: thr"),
+            "feeds.yaml:6:11: feeds[1].name: duplicate feed name 'thr' (also feeds[0])",
+        ),
+        (  # duplicate URL, even with tracking parameters
+            GOOD.replace(
+                "https://www.hollywoodreporter.it/feed/",
+                "https://WWW.hollywoodreporter.com/feed/?utm_source=x",
+            ),
+            "feeds.yaml:7:10: feeds[1].url: duplicate feed URL "
+            "'https://WWW.hollywoodreporter.com/feed/?utm_source=x' (also feeds[0])",
+        ),
+        (  # wrong type
+            GOOD.replace("interval: 1h", "interval: 1h\n    enabled: sometimes"),
+            "feeds.yaml:10:14: feeds[1].enabled: input should be a valid boolean, "
+            "unable to interpret input (got 'sometimes')",
+        ),
+        (  # missing key, pointing at the entry
+            GOOD.replace("  - name: thr\n    url", "  - url"),
+            "feeds.yaml:4:5: feeds[0].name: missing required key 'name'",
+        ),
+        (  # bad language code
+            GOOD.replace("language: it", "language: italian"),
+            "feeds.yaml:8:15: feeds[1].language: 'italian' is not an ISO 639-1 language code "
+            "like en or it",
+        ),
+        (  # YAML syntax
+            GOOD.replace("query: [AI, intelligenza artificiale]}", "query: [AI}"),
+            "feeds.yaml:11:",
+        ),
+        (  # duplicate key
+            GOOD.replace(
+                "defaults:\n  interval: 10m", "defaults:\n  interval: 10m\n  interval: 5m"
+            ),
+            "feeds.yaml:3:3: YAML syntax: ",
+        ),
+        (  # unknown top-level section
+            GOOD + "sources: []\n",
+            "feeds.yaml:12:1: sources: unknown key 'sources'",
+        ),
+        (
+            GOOD.replace("query: [AI, intelligenza artificiale]", "query: 42"),
+            "feeds.yaml:11:26: topics.ai.query: must be a keyword, a phrase or a list of them",
+        ),
+    ],
+)
+def test_broken_file_names_file_line_column_and_key(text: str, expected: str) -> None:
+    problems = refusal(text)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = GOOD.replace("interval: 1h", "interval: soon").replace("language: it", "language: x")
+    assert len(refusal(text)) == 2
+
+
+def test_defaults_apply_to_feeds_that_do_not_say() -> None:
+    config = parse_config(GOOD)
+    thr, roma = config.feeds
+    assert config.interval(thr) == timedelta(minutes=10)
+    assert config.interval(roma) == timedelta(hours=1)
+    assert config.timeout(thr) == timedelta(seconds=30)
+    assert roma.language == "it" and thr.language is None
+    assert config.topics["ai"].query == ["AI", "intelligenza artificiale"]
+
+
+def test_a_single_phrase_is_a_query() -> None:
+    config = parse_config(GOOD.replace("[AI, intelligenza artificiale]", '"generative AI"'))
+    assert config.topics["ai"].query == ["generative AI"]
+
+
+def test_feeds_check_exits_2_and_prints_the_location(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "feeds.yaml"
+    path.write_text(GOOD.replace("interval: 1h", "interval: 15 minutes"))
+    assert main(["feeds", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:9:15: feeds[1].interval: '15 minutes' is not a duration" in err
+
+
+def test_feeds_check_on_a_missing_file_says_how_to_point_at_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["feeds", "check", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+SHIPPED = Path(__file__).parent.parent / "feeds.yaml"
+
+
+def test_shipped_feeds_yaml_is_valid_and_covers_the_outlets_users_expect() -> None:
+    config = load_config(SHIPPED)
+    assert 15 <= len(config.feeds) <= 25
+    names = {f.name for f in config.feeds}
+    assert {"thr", "thr-roma", "variety", "deadline", "indiewire", "screendaily", "cineuropa",
+            "billboard", "mbw", "theverge", "techcrunch"} <= names  # fmt: skip
+    assert names & {"gamesindustry", "polygon"}
+    assert {f.language for f in config.feeds} >= {"en", "it", "es", "fr", "de"}
+    assert config.topics

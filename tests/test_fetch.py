@@ -1,0 +1,175 @@
+"""The fetcher against a real loopback server: bounded, conditional, redirect-safe."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+import zlib
+from datetime import UTC, datetime
+
+import pytest
+
+from monitor.errors import FetchError
+from monitor.fetch import Fetcher, parse_retry_after
+from monitor.types import Fetched
+from tests.conftest import fixture
+from tests.servers import FeedServer
+
+BODY = fixture("thr_rescraped_rss2.xml")
+
+
+def fetch(url: str, *, max_body: int = 1_000_000, timeout: float = 5.0, **kw: str) -> Fetched:
+    async def go() -> Fetched:
+        fetcher = Fetcher(user_agent="reelwatch-test", max_body_bytes=max_body)
+        try:
+            return await fetcher.fetch(url, timeout=timeout, **kw)
+        finally:
+            await fetcher.aclose()
+
+    return asyncio.run(go())
+
+
+def fails(url: str, message: str, **kw: float) -> FetchError:
+    with pytest.raises(FetchError, match=message) as caught:
+        fetch(url, **kw)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "encoding, encoded",
+    [
+        ("gzip", gzip.compress(BODY)),
+        ("deflate", zlib.compress(BODY)),
+        ("deflate", zlib.compress(BODY, wbits=-15)),  # raw deflate, as some servers send it
+        ("identity", BODY),
+    ],
+)
+def test_compressed_bodies_are_decoded(
+    feed_server: FeedServer, encoding: str, encoded: bytes
+) -> None:
+    url = feed_server.add("/f", encoded, headers={"Content-Encoding": encoding})
+    assert fetch(url).body == BODY
+
+
+def test_conditional_get_returns_304_without_body(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", BODY)
+    first = fetch(url)
+    second = fetch(url, etag=first.etag, last_modified=first.last_modified)
+    assert second.status == 304 and second.body is None and second.etag == first.etag
+
+
+def test_content_length_over_the_limit_is_refused_unread(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", b"x" * 20_000)
+    fails(url, r"too large \(Content-Length 20,000", max_body=10_000)
+
+
+def test_gzip_bomb_is_stopped_at_the_limit(feed_server: FeedServer) -> None:
+    bomb = gzip.compress(b"\0" * 50_000_000)  # ~50 KB on the wire
+    url = feed_server.add("/f", bomb, headers={"Content-Encoding": "gzip"})
+    fails(url, "too large", max_body=1_000_000)
+
+
+def test_unrequested_encodings_are_refused(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", b"\x1b\x00", headers={"Content-Encoding": "br"})
+    fails(url, "unsupported Content-Encoding 'br'")
+
+
+def _endless(handler) -> None:  # no Content-Length, body never ends
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/rss+xml")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    try:
+        while True:
+            handler.wfile.write(b"<item>" * 10_000)
+    except OSError:
+        pass
+
+
+def test_endless_body_is_cut_at_the_limit(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", handler=_endless)
+    fails(url, "too large", max_body=1_000_000)
+
+
+def _trickle(handler) -> None:  # a byte every 0.3 s: never trips a read timeout
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    try:
+        for _ in range(1000):
+            handler.wfile.write(b"<")
+            handler.wfile.flush()
+            time.sleep(0.3)
+    except OSError:
+        pass
+
+
+def test_trickling_server_hits_the_total_deadline(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", handler=_trickle)
+    started = time.monotonic()
+    fails(url, "timed out after 1.5 s", timeout=1.5)
+    assert time.monotonic() - started < 3
+
+
+def test_redirects_are_followed(feed_server: FeedServer) -> None:
+    feed_server.add("/new", BODY)
+    url = feed_server.add("/old", status=301, headers={"Location": "/new"}, conditional=False)
+    got = fetch(url)
+    assert got.body == BODY and got.url.endswith("/new")
+
+
+def test_redirect_loop_stops(feed_server: FeedServer) -> None:
+    feed_server.add("/a", status=302, headers={"Location": "/b"}, conditional=False)
+    feed_server.add("/b", status=302, headers={"Location": "/a"}, conditional=False)
+    fails(feed_server.url("/a"), "too many redirects")
+
+
+def test_redirect_to_file_is_refused(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", status=302, headers={"Location": "file:///etc/passwd"},
+                          conditional=False)  # fmt: skip
+    fails(url, "non-http")
+
+
+@pytest.mark.parametrize(
+    "status, headers, message, retry_after",
+    [
+        (429, {"Retry-After": "120"}, "rate limited", 120.0),
+        (503, {"Retry-After": "30"}, r"server error \(503", 30.0),
+        (500, {}, r"server error \(500", None),
+        (404, {}, r"not found \(404", None),
+        (403, {}, "access denied", None),
+    ],
+)
+def test_error_statuses(
+    feed_server: FeedServer, status: int, headers: dict, message: str, retry_after: float | None
+) -> None:
+    url = feed_server.add("/f", b"no", status=status, headers=headers, conditional=False)
+    error = fails(url, message)
+    assert error.status == status and error.retry_after == retry_after and not error.gone
+
+
+def test_410_says_the_feed_is_gone(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", b"", status=410, conditional=False)
+    assert fails(url, "gone").gone
+
+
+def test_connection_refused_is_a_clear_error() -> None:
+    fails("http://127.0.0.1:9/feed", "cannot connect")
+
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        ("120", 120.0),
+        ("Wed, 25 Nov 2026 12:05:00 GMT", 300.0),
+        ("Wed, 25 Nov 2026 11:00:00 GMT", 0.0),  # in the past
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, NOW) == seconds

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from monitor.classify import topic_spec
+from monitor.errors import ParseError
+from monitor.parse import ParseJob, parse_and_classify
+from tests.conftest import fixture
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def parse(body: bytes, language: str | None = None, topics=None, headers=None):
+    job = ParseJob("f", "https://example.org/feed", body, headers or {}, language, NOW,
+                   topic_spec(topics or {}))  # fmt: skip
+    return parse_and_classify(job)
+
+
+def rss(items: str, channel: str = "") -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>T</title>'
+        f"{channel}{items}</channel></rss>"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "name, items, language",
+    [
+        ("thr_rescraped_rss2.xml", 9, "en"),
+        ("golem_de_iso8859_rss2.xml", 40, "de"),
+        ("polygon_thq_stream_2014_atom.xml", 8, "en"),
+        ("techcrunch_feedburner_2011_rss2.xml", 20, "en"),  # newline before <?xml: repaired
+        ("ciak_it_rescraped_rss2.xml", 10, "en"),  # the channel says en, wrongly
+    ],
+)
+def test_real_feeds_parse(name: str, items: int, language: str | None) -> None:
+    parsed = parse(fixture(name))
+    assert len(parsed.items) == items
+    assert parsed.language == language
+    for item in parsed.items:
+        assert item.title and item.identity
+        assert item.published.tzinfo is UTC
+        assert item.url is None or item.url.startswith("http")
+
+
+def test_configured_language_beats_the_feeds_claim() -> None:
+    parsed = parse(fixture("ciak_it_rescraped_rss2.xml"), language="it")
+    assert {i.language for i in parsed.items} == {"it"}
+
+
+def test_latin1_feed_is_decoded() -> None:
+    titles = " ".join(i.title for i in parse(fixture("golem_de_iso8859_rss2.xml")).items)
+    assert "ü" in titles or "ä" in titles or "ö" in titles
+
+
+@pytest.mark.parametrize(
+    "item_xml, identity",
+    [
+        ("<item><guid>abc-1</guid><link>https://x.org/a</link><title>A</title></item>", "abc-1"),
+        (
+            "<item><link>https://x.org/a?utm_source=rss</link><title>A</title></item>",
+            "https://x.org/a",
+        ),  # fmt: skip
+        (
+            "<item><title>A</title><pubDate>Mon, 23 Nov 2026 08:00:00 GMT</pubDate></item>",
+            "sha1:",
+        ),
+    ],
+)
+def test_identity_is_guid_else_link_else_hash(item_xml: str, identity: str) -> None:
+    (item,) = parse(rss(item_xml)).items
+    assert item.identity.startswith(identity)
+    (again,) = parse(rss(item_xml)).items
+    assert again.identity == item.identity  # stable across polls
+
+
+def test_items_without_anything_to_show_are_dropped_and_duplicates_kept_once() -> None:
+    body = rss(
+        "<item></item>"
+        "<item><guid>g</guid><title>first</title></item>"
+        "<item><guid>g</guid><title>second</title></item>"
+    )
+    items = parse(body).items
+    assert [i.title for i in items] == ["first"]
+
+
+def test_absurd_dates_become_first_seen() -> None:
+    body = rss(
+        "<item><guid>a</guid><title>old</title><pubDate>Mon, 01 Jan 1900 00:00:00 GMT</pubDate></item>"
+        "<item><guid>b</guid><title>new</title><pubDate>Fri, 31 Dec 9999 00:00:00 GMT</pubDate></item>"
+        "<item><guid>c</guid><title>none</title></item>"
+    )
+    assert {i.published for i in parse(body).items} == {NOW}
+
+
+def test_relative_links_resolve_against_the_feed_url() -> None:
+    (item,) = parse(rss("<item><link>/news/1</link><title>A</title></item>")).items
+    assert item.url == "https://example.org/news/1"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "empty response body"),
+        (b"/etc/passwd", "not an RSS or Atom feed"),
+        (b"https://example.org/feed", "not an RSS or Atom feed"),
+        (b"<!doctype html><html><body>home</body></html>", "HTML page"),
+        (b'{"version": "https://jsonfeed.org/version/1"}', "not an RSS or Atom feed"),
+        (
+            b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+            b'<!ENTITY lol2 "&lol;&lol;&lol;">]><rss><channel><title>&lol2;</title></channel></rss>',
+            "declares XML entities",
+        ),
+        (  # external entity (XXE)
+            b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b"<rss><channel><title>&x;</title></channel></rss>",
+            "declares XML entities",
+        ),
+        (  # the same in UTF-16
+            '<?xml version="1.0" encoding="utf-16"?><!DOCTYPE r [<!ENTITY x "y">]><rss/>'.encode(
+                "utf-16"
+            ),
+            "declares XML entities",
+        ),
+    ],
+)
+def test_refused_documents(body: bytes, message: str) -> None:
+    with pytest.raises(ParseError, match=message) as caught:
+        parse(body)
+    assert "feed 'f' (https://example.org/feed)" in str(caught.value)
+
+
+def test_control_and_bidi_characters_are_stripped_from_titles() -> None:
+    (item,) = parse(rss("<item><guid>x</guid><title>A\u202eB&#x7;C</title></item>")).items
+    assert item.title == "AB C"
+
+
+def test_classification_runs_with_the_parse() -> None:
+    parsed = parse(
+        fixture("arstechnica_2024-04-01_rss2.xml"),
+        topics={"ai": ["Sora", "artificial intelligence"]},
+    )
+    sora = next(i for i in parsed.items if "Sora" in i.title)
+    (match,) = parsed.matches[sora.identity]
+    assert match.topic == "ai" and "Sora" in match.terms and match.score >= 2

@@ -49,7 +49,8 @@ def refusal(text: str) -> list[str]:
         ),
         (  # not http(s)
             GOOD.replace("https://www.hollywoodreporter.it/feed/", "ftp://example.org/feed"),
-            "feeds.yaml:7:10: feeds[1].url: 'ftp://example.org/feed' is not an http:// or https:// URL",
+            "feeds.yaml:7:10: feeds[1].url: 'ftp://example.org/feed' is not an http:// or "
+            "https:// URL",
         ),
         (  # duplicate name
             GOOD.replace("name: thr-roma", "name: thr"),

@@ -8,26 +8,26 @@ from monitor.decide import backoff, decide_feed_update, is_due
 from monitor.types import FeedState, PollOutcome
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-I = timedelta(minutes=15)
+IV = timedelta(minutes=15)
 CAP = timedelta(hours=6)
 
 
 @pytest.mark.parametrize(
     "failures, wait",
-    [(0, I), (1, 2 * I), (2, 4 * I), (3, 8 * I), (5, CAP), (50, CAP)],
+    [(0, IV), (1, 2 * IV), (2, 4 * IV), (3, 8 * IV), (5, CAP), (50, CAP)],
 )
 def test_backoff_doubles_up_to_the_cap(failures: int, wait: timedelta) -> None:
-    assert backoff(I, failures, CAP) == wait
+    assert backoff(IV, failures, CAP) == wait
 
 
 def decide(prev: FeedState | None, outcome: PollOutcome):
-    return decide_feed_update(prev, outcome, interval=I, max_backoff=CAP, now=NOW)
+    return decide_feed_update(prev, outcome, interval=IV, max_backoff=CAP, now=NOW)
 
 
 def test_success_resets_failures_and_schedules_the_next_interval() -> None:
     prev = FeedState("f", "u", consecutive_failures=3, last_error="boom")
     u = decide(prev, PollOutcome("ok", 10, 200, etag='"e"', last_modified="lm"))
-    assert (u.consecutive_failures, u.last_error, u.next_poll) == (0, None, NOW + I)
+    assert (u.consecutive_failures, u.last_error, u.next_poll) == (0, None, NOW + IV)
     assert u.last_success == NOW and u.etag == '"e"'
 
 
@@ -35,14 +35,14 @@ def test_failure_keeps_validators_and_backs_off() -> None:
     prev = FeedState("f", "u", etag='"e"', last_modified="lm", consecutive_failures=1,
                      last_success=NOW - timedelta(hours=1))  # fmt: skip
     u = decide(prev, PollOutcome("failed", 10, 500, error="server error (500 status code)"))
-    assert u.consecutive_failures == 2 and u.next_poll == NOW + 4 * I
+    assert u.consecutive_failures == 2 and u.next_poll == NOW + 4 * IV
     assert (u.etag, u.last_modified) == ('"e"', "lm")
     assert u.last_success == prev.last_success and u.last_error.startswith("server error")
 
 
 @pytest.mark.parametrize(
     "retry_after, wait",
-    [(3600.0, timedelta(hours=1)), (10.0, 2 * I), (10 * 86400.0, timedelta(hours=24))],
+    [(3600.0, timedelta(hours=1)), (10.0, 2 * IV), (10 * 86400.0, timedelta(hours=24))],
 )
 def test_retry_after_is_honoured_and_capped(retry_after: float, wait: timedelta) -> None:
     u = decide(None, PollOutcome("failed", 1, 429, error="rate limited", retry_after=retry_after))

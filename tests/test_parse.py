@@ -62,7 +62,7 @@ def test_latin1_feed_is_decoded() -> None:
         (
             "<item><link>https://x.org/a?utm_source=rss</link><title>A</title></item>",
             "https://x.org/a",
-        ),  # fmt: skip
+        ),
         (
             "<item><title>A</title><pubDate>Mon, 23 Nov 2026 08:00:00 GMT</pubDate></item>",
             "sha1:",
@@ -88,8 +88,10 @@ def test_items_without_anything_to_show_are_dropped_and_duplicates_kept_once() -
 
 def test_absurd_dates_become_first_seen() -> None:
     body = rss(
-        "<item><guid>a</guid><title>old</title><pubDate>Mon, 01 Jan 1900 00:00:00 GMT</pubDate></item>"
-        "<item><guid>b</guid><title>new</title><pubDate>Fri, 31 Dec 9999 00:00:00 GMT</pubDate></item>"
+        "<item><guid>a</guid><title>old</title>"
+        "<pubDate>Mon, 01 Jan 1900 00:00:00 GMT</pubDate></item>"
+        "<item><guid>b</guid><title>new</title>"
+        "<pubDate>Fri, 31 Dec 9999 00:00:00 GMT</pubDate></item>"
         "<item><guid>c</guid><title>none</title></item>"
     )
     assert {i.published for i in parse(body).items} == {NOW}
@@ -110,7 +112,8 @@ def test_relative_links_resolve_against_the_feed_url() -> None:
         (b'{"version": "https://jsonfeed.org/version/1"}', "not an RSS or Atom feed"),
         (
             b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-            b'<!ENTITY lol2 "&lol;&lol;&lol;">]><rss><channel><title>&lol2;</title></channel></rss>',
+            b'<!ENTITY lol2 "&lol;&lol;&lol;">]>'
+            b"<rss><channel><title>&lol2;</title></channel></rss>",
             "declares XML entities",
         ),
         (  # external entity (XXE)

@@ -1,0 +1,88 @@
+"""`reelwatch run` as a user starts it: a real process, real feeds, a real Slack API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from monitor.cli import main
+from storage import Repository, make_engine
+from tests.conftest import fixture, write_config
+from tests.servers import FeedServer, SlackServer
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start(config: Path, slack: SlackServer) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env |= {"REELWATCH_SLACK_BOT_TOKEN": slack.token, "REELWATCH_SLACK_API_URL": slack.api_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    return proc.returncode, out
+
+
+def test_run_polls_alerts_refuses_a_second_run_and_stops_cleanly(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "ars": feed_server.add("/ars.xml", fixture("arstechnica_2024-04-01_rss2.xml")),
+            "down": feed_server.add("/down", b"", status=503, conditional=False),
+        },
+        extra='slack:\n  default_channel: "#ai-news"\n',
+    )
+    repo = Repository(make_engine())
+    proc = start(config, slack_server)
+    try:
+        assert wait_for(lambda: len(slack_server.calls) >= 5), "no alerts reached Slack"
+        assert wait_for(lambda: (repo.feed_state("down") or None) is not None)
+        assert repo.feed_state("down").last_error.startswith("server error (503")
+
+        second = subprocess.run(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert "already using" in second.stderr
+
+        assert main(["health", "--config", str(config)]) == 0
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    sent = len(slack_server.calls)
+    assert sent == sum(1 for s in repo.list_items(limit=None) if s.matches)
+    time.sleep(1.1)
+    assert main(["health", "--config", str(config), "--max-age", "1s"]) == 1
+
+    # a restart re-sends nothing and does not poll feeds before they are due
+    requests_before = len(feed_server.seen("/ars.xml"))
+    proc = start(config, slack_server)
+    try:
+        assert wait_for(lambda: repo.heartbeat("scheduler") is not None and
+                        main(["health", "--config", str(config), "--max-age", "2s"]) == 0)  # fmt: skip
+        time.sleep(2)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    assert len(slack_server.calls) == sent
+    assert len(feed_server.seen("/ars.xml")) == requests_before

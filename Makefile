@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint format clean
+.PHONY: run test bench lint format clean postgres
+
+# Root runs apt-get directly; anyone else through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +18,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/reelwatch run
 
-test: $(STAMP)
+test: $(STAMP) postgres
 	$(BIN)/python -m pytest -q
+
+# The storage tests also run on a real PostgreSQL: a throw-away cluster that the
+# tests start on 127.0.0.1 from Debian's postgresql package, installed here if missing.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql package for the tests"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			postgresql >/dev/null; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/poll_bench.py

@@ -110,12 +110,14 @@ class Repository:
         """Record a poll in one transaction: the feed's state, its new items, their
         matches and, for matching items, a pending delivery to `channel` (the outbox)."""
         with Session(self.engine) as s, s.begin():
-            self._save_feed_state(s, feed, url, update_)
+            self._save_feed_state(s, feed, url, update_, parsed.title if parsed else None)
             if parsed is None or not parsed.items:
                 return StoreResult()
             return self._store_items(s, feed, parsed, channel, now)
 
-    def _save_feed_state(self, s: Session, feed: str, url: str, u: FeedUpdate) -> None:
+    def _save_feed_state(
+        self, s: Session, feed: str, url: str, u: FeedUpdate, title: str | None
+    ) -> None:
         row = s.get(FeedRow, feed) or FeedRow(name=feed, url=url)
         row.url = url
         for field in (
@@ -123,7 +125,7 @@ class Repository:
             "consecutive_failures", "last_attempt", "last_success", "next_poll", "disabled",
         ):  # fmt: skip
             setattr(row, field, getattr(u, field))
-        row.title = u.title or row.title
+        row.title = title or u.title or row.title
         row.polls = (row.polls or 0) + 1
         prev = row.mean_poll_ms
         row.mean_poll_ms = float(u.elapsed_ms) if prev is None else 0.8 * prev + 0.2 * u.elapsed_ms

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import Cluster
 from tests.servers import FeedServer, SlackServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -22,6 +23,26 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("REELWATCH_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("REELWATCH_DATABASE_URL", f"sqlite:///{tmp_path}/reelwatch.db")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Runs the test once on SQLite and once on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/reelwatch.db"
+    else:
+        url = request.getfixturevalue("postgres_cluster").new_database()
+    monkeypatch.setenv("REELWATCH_DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture

@@ -30,8 +30,11 @@ def start(config: Path, slack: SlackServer) -> subprocess.Popen[str]:
     env |= {"REELWATCH_SLACK_BOT_TOKEN": slack.token, "REELWATCH_SLACK_API_URL": slack.api_url}
     return subprocess.Popen(
         [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -60,8 +63,10 @@ def test_run_polls_alerts_refuses_a_second_run_and_stops_cleanly(
 
         second = subprocess.run(
             [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert second.returncode == 1
         assert "already using" in second.stderr
 
@@ -78,8 +83,12 @@ def test_run_polls_alerts_refuses_a_second_run_and_stops_cleanly(
     requests_before = len(feed_server.seen("/ars.xml"))
     proc = start(config, slack_server)
     try:
-        assert wait_for(lambda: repo.heartbeat("scheduler") is not None and
-                        main(["health", "--config", str(config), "--max-age", "2s"]) == 0)  # fmt: skip
+        assert wait_for(
+            lambda: (
+                repo.heartbeat("scheduler") is not None
+                and main(["health", "--config", str(config), "--max-age", "2s"]) == 0
+            )
+        )
         time.sleep(2)
     finally:
         code, out = stop(proc)

@@ -1,0 +1,139 @@
+"""Storage behaves the same on SQLite and PostgreSQL: nothing stored twice, the outbox exact."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from monitor.types import FeedUpdate, Item, Match, ParsedFeed
+from storage import Repository, make_engine
+from storage.db import DatabaseLockedError, exclusive_run
+from tests.conftest import fixture, write_config
+from tests.servers import FeedServer
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def update(now: datetime = NOW) -> FeedUpdate:
+    return FeedUpdate(
+        "ok", 200, None, None, '"e"', "lm", 0, now, now, now + timedelta(minutes=15), False, 12
+    )
+
+
+def items(n: int, prefix: str = "g") -> tuple[Item, ...]:
+    return tuple(
+        Item(
+            "thr",
+            f"{prefix}{i}",
+            f"{prefix}{i}",
+            f"https://thr.example/{prefix}{i}",
+            f"Title {i}",
+            "summary",
+            NOW - timedelta(hours=i),
+            "en",
+            "Ann",
+            ("Film",),
+        )
+        for i in range(n)
+    )
+
+
+def parsed(batch: tuple[Item, ...], relevant: set[str]) -> ParsedFeed:
+    matches = {i.identity: (Match("ai", ("AI",), 2.0),) for i in batch if i.identity in relevant}
+    return ParsedFeed("THR", "en", batch, matches)
+
+
+@pytest.fixture
+def repo(database_url: str) -> Repository:
+    r = Repository(make_engine(database_url))
+    r.create_schema()
+    return r
+
+
+def test_store_poll_is_idempotent_and_writes_the_outbox(repo: Repository) -> None:
+    batch = items(1200)  # more than one insert chunk
+    result = repo.store_poll(
+        "thr", "https://thr.example/feed", update(), parsed(batch, {"g1", "g2"}), "#ai-news", NOW
+    )
+    assert (result.new_items, result.new_matches, result.new_deliveries) == (1200, 2, 2)
+    again = repo.store_poll(
+        "thr", "https://thr.example/feed", update(), parsed(batch, {"g1", "g2"}), "#ai-news", NOW
+    )
+    assert (again.new_items, again.new_matches, again.new_deliveries) == (0, 0, 0)
+    assert repo.count_items() == 1200
+    state = repo.feed_state("thr")
+    assert state.etag == '"e"' and state.polls == 2 and state.title == "THR"
+    assert state.next_poll == NOW + timedelta(minutes=15)
+
+
+def test_a_new_guid_for_a_known_url_is_not_a_new_item(repo: Repository) -> None:
+    repo.store_poll("thr", "u", update(), parsed(items(3, "a"), set()), None, NOW)
+    renamed = tuple(
+        Item(
+            i.feed,
+            "b" + i.identity,
+            "b" + i.identity,
+            i.url,
+            i.title,
+            i.summary,
+            i.published,
+            i.language,
+        )
+        for i in items(3, "a")
+    )
+    assert repo.store_poll("thr", "u", update(), parsed(renamed, set()), None, NOW).new_items == 0
+
+
+def test_items_round_trip_with_utc_times_and_matches(repo: Repository) -> None:
+    repo.store_poll("thr", "u", update(), parsed(items(5), {"g0"}), "console", NOW)
+    stored = repo.list_items(topic="ai")
+    assert len(stored) == 1
+    (one,) = stored
+    assert one.item == items(5)[0]
+    assert one.item.published.tzinfo is UTC and one.matches == (Match("ai", ("AI",), 2.0),)
+    assert len(repo.list_items(since=NOW - timedelta(hours=2, minutes=30))) == 3
+    assert repo.list_items(feed="other") == []
+
+
+def test_outbox_retry_and_sent_are_exact(repo: Repository) -> None:
+    repo.store_poll("thr", "u", update(), parsed(items(3), {"g0", "g1"}), "#ai-news", NOW)
+    first, second = repo.pending_deliveries(NOW)
+    repo.mark_delivery_sent(first.id, NOW)
+    repo.mark_delivery_retry(second.id, "Slack answered HTTP 500", NOW + timedelta(minutes=1))
+    assert repo.pending_deliveries(NOW) == []
+    (due,) = repo.pending_deliveries(NOW + timedelta(minutes=1))
+    assert due.id == second.id and due.attempts == 1
+    repo.mark_delivery_sent(due.id, NOW)
+    repo.mark_delivery_sent(due.id, NOW)  # a second mark changes nothing
+    assert repo.delivery_counts() == {"sent": 2}
+    assert all(d.attempts in (1, 2) for d in repo.deliveries())
+
+
+def test_heartbeat(repo: Repository) -> None:
+    assert repo.heartbeat("scheduler") is None
+    repo.write_heartbeat("scheduler", NOW)
+    repo.write_heartbeat("scheduler", NOW + timedelta(seconds=30))
+    assert repo.heartbeat("scheduler") == NOW + timedelta(seconds=30)
+
+
+def test_one_run_per_database(database_url: str) -> None:
+    engine = make_engine(database_url)
+    with exclusive_run(engine), pytest.raises(DatabaseLockedError, match="already using"):  # noqa: SIM117
+        with exclusive_run(make_engine(database_url)):
+            pass
+    with exclusive_run(make_engine(database_url)):  # released
+        pass
+
+
+def test_poll_end_to_end(database_url: str, feed_server: FeedServer, tmp_path: Path) -> None:
+    url = feed_server.add("/ars.xml", fixture("arstechnica_2024-04-01_rss2.xml"))
+    config = write_config(tmp_path, {"ars": url})
+    assert main(["poll", "--config", str(config)]) == 0
+    assert main(["poll", "--config", str(config)]) == 0
+    repo = Repository(make_engine(database_url))
+    assert repo.count_items() == 20
+    assert repo.feed_state("ars").last_status == "unchanged"
+    assert repo.delivery_counts() == {"sent": 5}

@@ -150,9 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     slack = SlackSettings.from_env()
     try:
         with exclusive_run(repo.engine):
-            poller = Poller(
-                config, repo, alert_channel=slack.alert_channel(config.slack.default_channel)
-            )
+            channel = slack.alert_channel(config.slack.default_channel)
+            poller = Poller(config, repo, alert_channel=channel)
             asyncio.run(Service(config, poller, slack).run())
     except DatabaseLockedError as exc:
         print(f"reelwatch run: {exc}", file=sys.stderr)
@@ -177,12 +176,16 @@ def cmd_poll(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
     repo = _repo()
+    states = repo.feed_states()
+    gone = [f for f in feeds if (st := states.get(f.name)) and st.disabled and st.url == f.url]
+    for feed in gone:
+        print(f"  {feed.name}: skipped, {states[feed.name].last_error}", file=sys.stderr)
+    feeds = [f for f in feeds if f not in gone]
     slack = SlackSettings.from_env()
     try:
         with exclusive_run(repo.engine):
-            poller = Poller(
-                config, repo, alert_channel=slack.alert_channel(config.slack.default_channel)
-            )
+            channel = slack.alert_channel(config.slack.default_channel)
+            poller = Poller(config, repo, alert_channel=channel)
             summary = asyncio.run(_poll_with_progress(poller, feeds))
             sent = dispatch_pending(repo, slack.sender_for, utcnow(), limit=10_000)
     except DatabaseLockedError as exc:

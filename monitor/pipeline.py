@@ -13,6 +13,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -38,11 +39,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group; the service shuts the pool down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
     # forkserver: workers never inherit the event loop's threads or sockets.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["monitor.parse"])
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
+    return ProcessPoolExecutor(
+        max_workers=workers or os.cpu_count() or 2, mp_context=ctx, initializer=_ignore_sigint
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,8 +75,13 @@ class Service:
         for feed in enabled:
             interval = self.config.interval(feed).total_seconds()
             state = states.get(feed.name)
+            if state is not None and state.url != feed.url:
+                state = None  # a new URL starts afresh, even for a feed that was gone
             if state is not None and state.disabled:
-                log.warning("feed disabled feed=%s reason=%r", feed.name, state.last_error)
+                log.warning(
+                    "feed disabled feed=%s reason=%r: give it a new url to poll it again",
+                    feed.name, state.last_error,
+                )  # fmt: skip
                 continue
             # the record in storage, not the scheduler's memory, says when a feed is due
             first = now + timedelta(seconds=random.uniform(0, spread))

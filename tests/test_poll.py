@@ -254,3 +254,19 @@ def test_poll_unknown_feed_is_bad_usage(tmp_path: Path, feed_server: FeedServer)
     config = write_config(tmp_path, {"thr": feed_server.add("/thr.xml", fixture(THR))})
     assert poll(config, "--feed", "nope") == 2
     assert poll(config, "--feed", "thr") == 0
+
+
+def test_gone_feed_is_disabled_until_its_url_changes(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = feed_server.add("/gone", b"", status=410, conditional=False)
+    config = write_config(tmp_path, {"old": gone})
+    assert poll(config) == 1  # every feed failed
+    state = repo().feed_state("old")
+    assert state.disabled and state.last_status == "gone" and "410" in state.last_error
+    assert poll(config) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert len(feed_server.seen("/gone")) == 1  # not asked again
+    config = write_config(tmp_path, {"old": feed_server.add("/thr.xml", fixture(THR))})
+    assert poll(config) == 0
+    assert not repo().feed_state("old").disabled and repo().count_items("old") == 9

@@ -14,10 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
-from slack_sdk.webhook import WebhookClient
-
 from monitor.errors import DeliveryError
 from monitor.normalize import is_http_url
 from monitor.types import Item, Match
@@ -98,7 +94,7 @@ def render_alert(
     return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
 
 
-def _api_error(exc: SlackApiError) -> tuple[str, int | None, Mapping[str, Any]]:
+def _api_error(exc: Any) -> tuple[str, int | None, Mapping[str, Any]]:
     response = exc.response
     if isinstance(response, Mapping):  # slack-sdk hands a dict when the body was not JSON
         return "", response.get("status"), response.get("headers") or {}
@@ -121,9 +117,13 @@ class SlackBotSender:
     """chat.postMessage with a bot token; any channel the bot is in."""
 
     def __init__(self, token: str, base_url: str = DEFAULT_API_URL, timeout: int = 30):
+        from slack_sdk import WebClient  # imported when used: it costs every CLI start 20 ms
+
         self._client = WebClient(token=token, base_url=base_url, timeout=timeout)
 
     def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
+        from slack_sdk.errors import SlackApiError
+
         try:
             response = self._client.chat_postMessage(
                 channel=channel, text=message.text, blocks=message.blocks,
@@ -153,6 +153,8 @@ class SlackWebhookSender:
     """An incoming webhook: one fixed channel, chosen when the webhook was created."""
 
     def __init__(self, url: str, timeout: int = 30):
+        from slack_sdk.webhook import WebhookClient
+
         self._client = WebhookClient(url=url, timeout=timeout)
 
     def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:

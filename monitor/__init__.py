@@ -1,10 +1,5 @@
 """reelwatch's pipeline: feeds.yaml -> fetch -> parse -> classify -> storage."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("reelwatch")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+__version__ = "0.1.0"  # the one place the version lives (pyproject reads it)
 
 USER_AGENT = f"reelwatch/{__version__} (+https://github.com/reelwatch/reelwatch; feed monitor)"

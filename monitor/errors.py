@@ -69,6 +69,7 @@ class FetchError(FeedError):
         self.status = status
         self.retry_after = retry_after
         self.gone = gone
+        self.elapsed_ms = 0
 
 
 class ParseError(FeedError):

@@ -166,22 +166,32 @@ class Fetcher:
     ) -> Fetched:
         host = urlsplit(url).hostname or ""
         async with self._slots, self._hosts[host]:
+            # timed from here: waiting for a slot is not the server's slowness
             started = time.monotonic()
             try:
-                # A total deadline: a server trickling a byte every few seconds
-                # resets httpx's read timeout forever, never this one.
-                async with asyncio.timeout(timeout):
-                    return await self._fetch(url, etag, last_modified, timeout, started)
-            except TimeoutError:
-                raise FetchError(f"timed out after {timeout:g} s") from None
-            except httpx.TimeoutException:
-                raise FetchError(f"timed out after {timeout:g} s") from None
-            except httpx.ConnectError as exc:
-                raise FetchError(f"cannot connect: {exc or type(exc).__name__}") from None
-            except httpx.RemoteProtocolError as exc:
-                raise FetchError(f"the server broke the HTTP protocol: {exc}") from None
-            except httpx.HTTPError as exc:
-                raise FetchError(f"HTTP error: {exc or type(exc).__name__}") from None
+                return await self._fetch_with_deadline(url, etag, last_modified, timeout, started)
+            except FetchError as exc:
+                exc.elapsed_ms = int((time.monotonic() - started) * 1000)
+                raise
+
+    async def _fetch_with_deadline(
+        self, url: str, etag: str | None, last_modified: str | None, timeout: float, started: float
+    ) -> Fetched:
+        try:
+            # A total deadline: a server trickling a byte every few seconds
+            # resets httpx's read timeout forever, never this one.
+            async with asyncio.timeout(timeout):
+                return await self._fetch(url, etag, last_modified, timeout, started)
+        except TimeoutError:
+            raise FetchError(f"timed out after {timeout:g} s") from None
+        except httpx.TimeoutException:
+            raise FetchError(f"timed out after {timeout:g} s") from None
+        except httpx.ConnectError as exc:
+            raise FetchError(f"cannot connect: {exc or type(exc).__name__}") from None
+        except httpx.RemoteProtocolError as exc:
+            raise FetchError(f"the server broke the HTTP protocol: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"HTTP error: {exc or type(exc).__name__}") from None
 
     async def _fetch(
         self, url: str, etag: str | None, last_modified: str | None, timeout: float, started: float
@@ -217,6 +227,8 @@ class Fetcher:
     ) -> Fetched:
         code = response.status_code
         if code == 304:
+            # read the (empty) body so httpx can keep the connection for the next feed
+            await response.aread()
             return Fetched(
                 status=304,
                 url=str(response.url),

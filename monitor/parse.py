@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin
 
-import feedparser
-
 from monitor.classify import TopicSpec, classify, rules_for
 from monitor.errors import ParseError
 from monitor.normalize import (
@@ -87,6 +85,8 @@ def parse_document(job: ParseJob) -> ParsedFeed:
     if not body.strip():
         raise ParseError("empty response body")
     refuse_dangerous_markup(body)
+    import feedparser  # here, not at the top: only parse workers need it
+
     # feedparser opens a str or bytes argument that looks like a path or URL
     # (a body of "/etc/passwd" is read): always pass a file object.
     doc = feedparser.parse(

@@ -10,6 +10,7 @@ parse.py and classify/, the I/O in fetch.py and storage/.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import multiprocessing
 import os
@@ -28,11 +29,18 @@ from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import Fetcher
 from monitor.parse import ParseJob, parse_and_classify
-from monitor.types import ParsedFeed, PollOutcome
+from monitor.types import FeedState, ParsedFeed, PollOutcome
 from storage.repo import Repository, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Unknown(enum.Enum):
+    UNKNOWN = "not loaded yet"
+
+
+UNKNOWN = Unknown.UNKNOWN
 
 
 def utcnow() -> datetime:
@@ -136,12 +144,15 @@ class Poller:
             self._pool = None
             raise ParseError("the parser process died while reading this feed") from None
 
-    async def poll_feed(self, feed: FeedConfig) -> FeedReport:
-        started = time.monotonic()
-        state = await self.db(self.repo.feed_state, feed.name)
+    async def poll_feed(
+        self, feed: FeedConfig, state: FeedState | Unknown | None = UNKNOWN
+    ) -> FeedReport:
+        if state is UNKNOWN:
+            state = await self.db(self.repo.feed_state, feed.name)
         same_url = state is not None and state.url == feed.url
         now = self.clock()
         parsed: ParsedFeed | None = None
+        ms = 0  # time spent fetching and parsing, not waiting for a slot
         try:
             fetched = await self.fetcher.fetch(
                 feed.url,
@@ -149,6 +160,7 @@ class Poller:
                 last_modified=state.last_modified if same_url else None,
                 timeout=self.config.timeout(feed).total_seconds(),
             )
+            ms = fetched.elapsed_ms
             if fetched.body is None:
                 outcome = PollOutcome(
                     "unchanged", 0, 304, etag=fetched.etag, last_modified=fetched.last_modified
@@ -158,12 +170,15 @@ class Poller:
                     feed.name, fetched.url, fetched.body, fetched.headers, feed.language, now,
                     self._topics,
                 )  # fmt: skip
+                started = time.monotonic()
                 parsed = await self._parse(job)
+                ms += int((time.monotonic() - started) * 1000)
                 outcome = PollOutcome(
                     "ok", 0, fetched.status, warning=parsed.warning, etag=fetched.etag,
                     last_modified=fetched.last_modified, title=parsed.title,
                 )  # fmt: skip
         except FetchError as exc:
+            ms = exc.elapsed_ms
             outcome = PollOutcome(
                 "failed", 0, exc.status, error=exc.reason, retry_after=exc.retry_after,
                 gone=exc.gone,
@@ -175,7 +190,6 @@ class Poller:
             outcome = PollOutcome(
                 "failed", 0, None, error=f"internal error: {type(exc).__name__}: {exc}"
             )
-        ms = int((time.monotonic() - started) * 1000)
         outcome = replace(outcome, elapsed_ms=ms)
         update = decide_feed_update(
             state, outcome, interval=self.config.interval(feed),
@@ -214,8 +228,10 @@ class Poller:
     ) -> PollSummary:
         summary = PollSummary()
 
+        states = await self.db(self.repo.feed_states)  # one query, not one per feed
+
         async def one(feed: FeedConfig) -> None:
-            report = await self.poll_feed(feed)
+            report = await self.poll_feed(feed, states.get(feed.name))
             summary.reports.append(report)
             if on_done:
                 on_done(report)

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlmodel import Session, SQLModel
 
 from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedFeed
 from storage.models import DeliveryRow, FeedRow, HeartbeatRow, ItemRow, MatchRow
 
-_CHUNK = 500  # rows per statement: well under SQLite's 32,766 bound parameters
+_CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
+_FEED_UPDATE_FIELDS = (
+    "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
+    "consecutive_failures", "last_attempt", "last_success", "next_poll", "disabled",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,14 @@ def _to_state(row: FeedRow) -> FeedState:
 class Repository:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def _insert(self) -> Any:
+        """The dialect's INSERT, which knows ON CONFLICT."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
 
     def create_schema(self) -> None:
         SQLModel.metadata.create_all(self.engine)
@@ -109,40 +119,50 @@ class Repository:
     ) -> StoreResult:
         """Record a poll in one transaction: the feed's state, its new items, their
         matches and, for matching items, a pending delivery to `channel` (the outbox)."""
-        with Session(self.engine) as s, s.begin():
-            self._save_feed_state(s, feed, url, update_, parsed.title if parsed else None)
+        # Core statements, not ORM objects: this runs for every feed on every poll.
+        with self.engine.begin() as conn:
+            self._save_feed_state(conn, feed, url, update_, parsed.title if parsed else None)
             if parsed is None or not parsed.items:
                 return StoreResult()
-            return self._store_items(s, feed, parsed, channel, now)
+            return self._store_items(conn, feed, parsed, channel, now)
 
     def _save_feed_state(
-        self, s: Session, feed: str, url: str, u: FeedUpdate, title: str | None
+        self, conn: Connection, feed: str, url: str, u: FeedUpdate, title: str | None
     ) -> None:
-        row = s.get(FeedRow, feed) or FeedRow(name=feed, url=url)
-        row.url = url
-        for field in (
-            "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
-            "consecutive_failures", "last_attempt", "last_success", "next_poll", "disabled",
-        ):  # fmt: skip
-            setattr(row, field, getattr(u, field))
-        row.title = title or u.title or row.title
-        row.polls = (row.polls or 0) + 1
-        prev = row.mean_poll_ms
-        row.mean_poll_ms = float(u.elapsed_ms) if prev is None else 0.8 * prev + 0.2 * u.elapsed_ms
-        s.add(row)
+        table = FeedRow.__table__
+        values = {f: getattr(u, f) for f in _FEED_UPDATE_FIELDS}
+        values |= {"name": feed, "url": url, "title": title or u.title, "polls": 1,
+                   "mean_poll_ms": float(u.elapsed_ms)}  # fmt: skip
+        stmt = self._insert()(table).values(values)
+        mean = table.c.mean_poll_ms
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={f: stmt.excluded[f] for f in ("url", *_FEED_UPDATE_FIELDS)}
+            | {
+                "title": func.coalesce(stmt.excluded.title, table.c.title),
+                "polls": table.c.polls + 1,
+                # a moving average: recent polls count most
+                "mean_poll_ms": case(
+                    (mean.is_(None), stmt.excluded.mean_poll_ms),
+                    else_=0.8 * mean + 0.2 * stmt.excluded.mean_poll_ms,
+                ),
+            },
+        )
+        conn.execute(stmt)
 
     def _store_items(
-        self, s: Session, feed: str, parsed: ParsedFeed, channel: str | None, now: datetime
+        self, conn: Connection, feed: str, parsed: ParsedFeed, channel: str | None, now: datetime
     ) -> StoreResult:
         items = parsed.items
+        table = ItemRow.__table__
         # A feed that changes an item's guid on every request still links the same
         # article: an item whose canonical URL this feed already gave us is not new.
         urls = [i.url for i in items if i.url]
         known_urls: set[str] = set()
         for chunk in _chunks(urls):
             known_urls.update(
-                s.execute(
-                    select(ItemRow.url).where(ItemRow.feed == feed, ItemRow.url.in_(chunk))
+                conn.execute(
+                    select(table.c.url).where(table.c.feed == feed, table.c.url.in_(chunk))
                 ).scalars()
             )
         rows = []
@@ -166,16 +186,16 @@ class Repository:
                     "first_seen": now,
                 }
             )
-        table = ItemRow.__table__
-        new_ids: dict[str, int] = {}
-        for chunk in _chunks(rows):
-            stmt = (
-                self._insert(table)
-                .values(chunk)
-                .on_conflict_do_nothing(index_elements=["feed", "identity"])
-                .returning(table.c.id, table.c.identity)
-            )
-            new_ids.update((identity, id_) for id_, identity in s.execute(stmt))
+        if not rows:
+            return StoreResult()
+        # executemany of one cached statement: ~5x faster than a multi-row VALUES
+        # compiled afresh for every batch. RETURNING gives exactly the new rows.
+        stmt = (
+            self._insert()(table)
+            .on_conflict_do_nothing(index_elements=["feed", "identity"])
+            .returning(table.c.id, table.c.identity)
+        )
+        new_ids = {identity: id_ for id_, identity in conn.execute(stmt, rows)}
         match_rows = []
         delivery_rows = []
         for identity, item_id in new_ids.items():
@@ -195,10 +215,12 @@ class Repository:
                         "created": now,
                     }
                 )
-        for chunk in _chunks(match_rows):
-            s.execute(self._insert(MatchRow.__table__).values(chunk).on_conflict_do_nothing())
-        for chunk in _chunks(delivery_rows):
-            s.execute(self._insert(DeliveryRow.__table__).values(chunk).on_conflict_do_nothing())
+        if match_rows:
+            conn.execute(self._insert()(MatchRow.__table__).on_conflict_do_nothing(), match_rows)
+        if delivery_rows:
+            conn.execute(
+                self._insert()(DeliveryRow.__table__).on_conflict_do_nothing(), delivery_rows
+            )
         return StoreResult(len(new_ids), len(match_rows), len(delivery_rows))
 
     # -- items -------------------------------------------------------------------------------
@@ -277,8 +299,8 @@ class Repository:
         )
 
     def _update_delivery(self, delivery_id: int, **values: Any) -> None:
-        with Session(self.engine) as s, s.begin():
-            s.execute(
+        with self.engine.begin() as conn:
+            conn.execute(
                 update(DeliveryRow)
                 .where(and_(DeliveryRow.id == delivery_id, DeliveryRow.status == "pending"))
                 .values(**values)

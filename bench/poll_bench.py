@@ -7,7 +7,9 @@ tests/fixtures/*.xml: every feed is a valid RSS 2.0 document of 20-40 items and 
 50-80 KB, built from the fixtures' entries (parsed once, before any timing) with each
 item's guid, link and title rewritten with the feed's name, so every item is new on a
 cold poll. A ThreadingHTTPServer in a separate process (its CPU never shares the
-bench's GIL) serves them on 127.0.0.1 with HTTP/1.1 keep-alive, Content-Length, ETag
+bench's GIL) serves them from 50 loopback addresses, 127.0.0.1 to 127.0.0.50 (a
+monitor polls many sites, each with its own per-host limit), with HTTP/1.1 keep-alive,
+Content-Length, ETag
 and Last-Modified, and answers 304 Not Modified to a matching If-None-Match (or, when
 that header is absent, If-Modified-Since).
 
@@ -314,13 +316,25 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
 
 
+HOSTS = 50  # feeds are spread over this many loopback addresses: 127.0.0.1 .. 127.0.0.50
+
+
+def host(index: int) -> str:
+    """The loopback address serving feed `index`: a monitor polls many sites, not one."""
+    return f"127.0.0.{index % HOSTS + 1}"
+
+
 def serve(docs: list[FeedDoc], conn: Connection) -> None:
-    """Runs in the server process: bind an ephemeral port, report it, serve until killed."""
+    """Runs in the server process: bind an ephemeral port on every host, report it, serve."""
     handler = type("Handler", (_FeedHandler,), {"docs": {f"/{d.name}.xml": d for d in docs}})
-    server = _Server(("127.0.0.1", 0), handler)
-    conn.send(server.server_address[1])
+    first = _Server(("127.0.0.1", 0), handler)
+    port = first.server_address[1]
+    servers = [first] + [_Server((f"127.0.0.{k}", port), handler) for k in range(2, HOSTS + 1)]
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, args=(0.5,), daemon=True).start()
+    conn.send(port)
     conn.close()
-    server.serve_forever(poll_interval=0.5)
+    first.serve_forever(poll_interval=0.5)
 
 
 def server_counts(port: int) -> tuple[int, int]:
@@ -387,8 +401,8 @@ class CliRun:
 
 def write_config(workdir: Path, port: int, docs: list[FeedDoc]) -> Path:
     lines = ["defaults:", "  interval: 15m", "feeds:"]
-    for d in docs:
-        lines += [f"  - name: {d.name}", f"    url: http://127.0.0.1:{port}/{d.name}.xml"]
+    for i, d in enumerate(docs):
+        lines += [f"  - name: {d.name}", f"    url: http://{host(i)}:{port}/{d.name}.xml"]
     lines += ["topics:", "  ai: {label: AI, query: [AI, artificial intelligence, Sora]}", ""]
     path = workdir / "feeds.yaml"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -582,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         if not receive.poll(60):
             raise SystemExit("the feed server process did not start")
         port = receive.recv()
-        urls = [f"http://127.0.0.1:{port}/{d.name}.xml" for d in docs]
+        urls = [f"http://{host(i)}:{port}/{d.name}.xml" for i, d in enumerate(docs)]
         config = write_config(workdir, port, docs)
 
         print(

@@ -123,6 +123,36 @@ class _BoundedDecoder:
             )
 
 
+class _PerHostTransport(httpx.AsyncBaseTransport):
+    """A small connection pool per host behind the one shared client.
+
+    httpcore scans every pooled connection (a poll() each) for every request, so a
+    single pool kept warm for hundreds of hosts costs O(hosts) per request: measured,
+    a warm pass over 500 feeds on 50 hosts spent most of its time there.
+    """
+
+    def __init__(self, per_host: int):
+        self._per_host = per_host
+        self._ssl = httpx.create_ssl_context()  # one CA bundle load, not one per host
+        self._pools: dict[tuple[bytes, bytes, int | None], httpx.AsyncHTTPTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        key = (request.url.raw_scheme, request.url.raw_host, request.url.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            limits = httpx.Limits(
+                max_connections=self._per_host,
+                max_keepalive_connections=self._per_host,
+                keepalive_expiry=30,
+            )
+            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=self._ssl, limits=limits)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+
+
 class Fetcher:
     """Fetches feeds politely: global and per-host concurrency, a total deadline per fetch."""
 
@@ -149,7 +179,7 @@ class Fetcher:
                 "Accept-Encoding": ACCEPT_ENCODING,
             },
             follow_redirects=False,  # followed by hand: every hop is checked
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=_PerHostTransport(per_host_concurrency),
             trust_env=False,
         )
 

@@ -9,7 +9,6 @@ import html
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Query parameters that only track the reader; dropping them makes the same
@@ -75,44 +74,23 @@ def canonical_url(url: str | None) -> str | None:
     return urlunsplit((scheme, netloc, path, urlencode(query, doseq=True), ""))
 
 
-class _TextExtractor(HTMLParser):
-    """Collects the text of an HTML fragment; block elements become spaces."""
-
-    _SKIP = frozenset(
-        {"script", "style", "template", "noscript", "iframe", "object", "svg", "math"}
-    )
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        else:
-            self.parts.append(" ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
-            self._skipping = max(0, self._skipping - 1)
-        else:
-            self.parts.append(" ")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(data)
+# Feed HTML only needs reducing to text, never rendering: regular expressions do it
+# several times faster than an HTML parser, and what they leave is escaped on output.
+_INVISIBLE_ELEMENTS = re.compile(
+    r"<(script|style|template|noscript|iframe|object|svg|math)\b.*?</\1\s*>", re.I | re.S
+)
+_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
+_TAG = re.compile(r"</?[A-Za-z!?][^>]*>?")
 
 
 def html_to_text(fragment: str) -> str:
-    """Text of an HTML fragment: tags removed, entities decoded (not yet folded)."""
+    """Text of an HTML fragment: tags removed (block or inline, each leaves a space)."""
     fragment = fragment[:_HTML_READ_MAX]
-    if "<" not in fragment and "&" not in fragment:
+    if "<" not in fragment:
         return fragment
-    parser = _TextExtractor()
-    parser.feed(fragment)
-    parser.close()
-    return "".join(parser.parts)
+    fragment = _INVISIBLE_ELEMENTS.sub(" ", fragment)
+    fragment = _COMMENT.sub(" ", fragment)
+    return _TAG.sub(" ", fragment)
 
 
 def clean_text(value: str | None, limit: int) -> str:
@@ -120,8 +98,9 @@ def clean_text(value: str | None, limit: int) -> str:
     if not value:
         return ""
     text = html_to_text(value)
-    # Feeds double- and triple-escape ("&amp;amp;" survives one parse as "&amp;").
-    for _ in range(3):
+    # Entities are decoded after the tags are gone; feeds double- and triple-escape
+    # them ("&amp;amp;" survives one parse as "&amp;").
+    for _ in range(4):
         if not _ENTITY.search(text):
             break
         text = html.unescape(text)

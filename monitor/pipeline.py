@@ -30,7 +30,7 @@ from monitor.errors import FetchError, ParseError
 from monitor.fetch import Fetcher
 from monitor.parse import ParseJob, parse_and_classify
 from monitor.types import FeedState, ParsedFeed, PollOutcome
-from storage.repo import Repository, StoreResult
+from storage.repo import PollWrite, Repository, StoreResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,7 +55,7 @@ def _ignore_sigint() -> None:
 def make_parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
     # forkserver: workers never inherit the event loop's threads or sockets.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["monitor.parse"])
+    ctx.set_forkserver_preload(["monitor.parse", "feedparser"])
     return ProcessPoolExecutor(
         max_workers=workers or os.cpu_count() or 2, mp_context=ctx, initializer=_ignore_sigint
     )
@@ -118,6 +118,8 @@ class Poller:
         # One thread owns the database: SQLite writes never contend, the loop never blocks.
         self._db: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelwatch-db")
         self._topics = topic_spec({tid: t.query for tid, t in config.topics.items()})
+        self._writes: list[tuple[PollWrite, asyncio.Future[StoreResult | Exception]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -135,13 +137,16 @@ class Poller:
     async def _parse(self, job: ParseJob) -> ParsedFeed:
         if self._pool is None:
             self._pool = make_parse_pool(self._parse_workers)
+        pool = self._pool
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, parse_and_classify, job)
+            return await loop.run_in_executor(pool, parse_and_classify, job)
         except BrokenProcessPool:
-            # a worker died (killed, out of memory): start a fresh pool for the others
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            # A worker died (killed, out of memory): the next feed gets a fresh pool.
+            # Other feeds in flight on the same pool see this too; replace it once.
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
             raise ParseError("the parser process died while reading this feed") from None
 
     async def poll_feed(
@@ -195,14 +200,32 @@ class Poller:
             state, outcome, interval=self.config.interval(feed),
             max_backoff=self.config.defaults.max_backoff, now=now,
         )  # fmt: skip
-        try:
-            stored = await self.db(
-                self.repo.store_poll, feed.name, feed.url, update, parsed, self.alert_channel, now
-            )
-        except Exception as exc:
-            log.exception("storing the poll failed feed=%s", feed.name)
-            return FeedReport(feed.name, "failed", error=f"storage error: {exc}", ms=ms)
+        stored = await self._store(
+            PollWrite(feed.name, feed.url, update, parsed, self.alert_channel, now)
+        )
+        if isinstance(stored, Exception):
+            log.error("storing the poll failed feed=%s error=%r", feed.name, str(stored))
+            return FeedReport(feed.name, "failed", error=f"storage error: {stored}", ms=ms)
         return self._report(feed, update.last_status, outcome, stored, ms)
+
+    async def _store(self, write: PollWrite) -> StoreResult | Exception:
+        """Queue a poll's write; one writer commits whatever has queued up meanwhile."""
+        future: asyncio.Future[StoreResult | Exception] = asyncio.get_running_loop().create_future()
+        self._writes.append((write, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        return await future
+
+    async def _write_queued(self) -> None:
+        while self._writes:
+            batch, self._writes = self._writes, []
+            try:
+                results = await self.db(self.repo.store_polls, [w for w, _ in batch])
+            except Exception as exc:  # the database itself is gone
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     def _report(
         self, feed: FeedConfig, status: str, outcome: PollOutcome, stored: StoreResult, ms: int

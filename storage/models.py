@@ -61,7 +61,6 @@ class ItemRow(SQLModel, table=True):
         UniqueConstraint("feed", "identity", name="uq_items_feed_identity"),
         Index("ix_items_url", "url"),
         Index("ix_items_published", "published"),
-        Index("ix_items_feed_url", "feed", "url"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -34,6 +34,18 @@ class StoreResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PollWrite:
+    """Everything one poll stores."""
+
+    feed: str
+    url: str
+    update: FeedUpdate
+    parsed: ParsedFeed | None
+    channel: str | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class StoredItem:
     id: int
     item: Item
@@ -119,12 +131,35 @@ class Repository:
     ) -> StoreResult:
         """Record a poll in one transaction: the feed's state, its new items, their
         matches and, for matching items, a pending delivery to `channel` (the outbox)."""
+        (result,) = self.store_polls([PollWrite(feed, url, update_, parsed, channel, now)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def store_polls(self, polls: Sequence[PollWrite]) -> list[StoreResult | Exception]:
+        """Several polls in one transaction (a group commit: SQLite's cost is per commit).
+        If the batch fails, each poll is retried alone so one bad write sinks only itself."""
+        try:
+            with self.engine.begin() as conn:
+                return [self._store(conn, p) for p in polls]
+        except Exception as exc:
+            if len(polls) == 1:
+                return [exc]
+        results: list[StoreResult | Exception] = []
+        for poll in polls:
+            try:
+                with self.engine.begin() as conn:
+                    results.append(self._store(conn, poll))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _store(self, conn: Connection, p: PollWrite) -> StoreResult:
         # Core statements, not ORM objects: this runs for every feed on every poll.
-        with self.engine.begin() as conn:
-            self._save_feed_state(conn, feed, url, update_, parsed.title if parsed else None)
-            if parsed is None or not parsed.items:
-                return StoreResult()
-            return self._store_items(conn, feed, parsed, channel, now)
+        self._save_feed_state(conn, p.feed, p.url, p.update, p.parsed.title if p.parsed else None)
+        if p.parsed is None or not p.parsed.items:
+            return StoreResult()
+        return self._store_items(conn, p.feed, p.parsed, p.channel, p.now)
 
     def _save_feed_state(
         self, conn: Connection, feed: str, url: str, u: FeedUpdate, title: str | None

@@ -30,6 +30,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from monitor import USER_AGENT
+from monitor.classify.engine import RuleError, RuleSet, TopicRule, WatchlistRule, compile_rules
 from monitor.errors import ConfigError, ConfigProblem
 from monitor.normalize import canonical_url, is_http_url, language_code
 
@@ -82,15 +83,36 @@ def _language(value: Any) -> str:
     return code
 
 
-def _keywords(value: Any) -> list[str]:
-    terms = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(terms, list)
-        or not terms
-        or not all(isinstance(t, str) and t.strip() for t in terms)
-    ):
-        raise PydanticCustomError("query", "must be a keyword, a phrase or a list of them", {})
-    return [t.strip() for t in terms]
+def _query(value: Any) -> dict[str, str]:
+    """A query as {language or "all": query text}.
+
+    A string is one query for every language; a list of keywords or phrases is
+    their OR (what the foundation's feeds.yaml allowed); a mapping gives a query
+    per language (ISO 639-1 code), with "all" for every language.
+    """
+
+    def one(v: Any) -> str:
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+        if isinstance(v, list) and v and all(isinstance(t, str) and t.strip() for t in v):
+            return " OR ".join(f'"{t.strip().strip(chr(34))}"' for t in v)
+        raise PydanticCustomError("query", "must be a query, or a list of keywords and phrases", {})
+
+    if isinstance(value, dict):
+        if not value:
+            raise PydanticCustomError("query", "must name at least one language or all", {})
+        out = {}
+        for lang, v in value.items():
+            key = str(lang)
+            if key != "all" and language_code(key) != key:
+                raise PydanticCustomError(
+                    "query",
+                    "'{lang}' is not all or an ISO 639-1 language code like en or it",
+                    {"lang": key},
+                )
+            out[key] = one(v)
+        return out
+    return {"all": one(value)}
 
 
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
@@ -134,8 +156,31 @@ class FeedConfig(_Model):
 
 class TopicConfig(_Model):
     label: str
-    query: Annotated[list[str], BeforeValidator(_keywords)]
+    query: Annotated[dict[str, str], BeforeValidator(_query)]
     description: str | None = None
+    min_score: float = Field(default=0.0, ge=0)
+    requires: str | None = None  # assigned only to items that also match this topic
+    hidden: bool = False  # a building block other topics use (#id); never assigned itself
+
+
+class Entity(_Model):
+    name: str = Field(min_length=1)
+    aliases: list[Annotated[str, Field(min_length=1)]] = []
+
+
+def _entities(value: Any) -> Any:
+    # shorthand: a watchlist can be a bare list, and an entity a bare name
+    if isinstance(value, list):
+        value = {"entities": value}
+    if isinstance(value, dict) and isinstance(value.get("entities"), list):
+        value = dict(value)
+        value["entities"] = [{"name": e} if isinstance(e, str) else e for e in value["entities"]]
+    return value
+
+
+class Watchlist(_Model):
+    label: str | None = None
+    entities: list[Entity]
 
 
 class SlackConfig(_Model):
@@ -157,6 +202,7 @@ class Config(_Model):
     defaults: Defaults = Defaults()
     feeds: list[FeedConfig] = []
     topics: dict[Name, TopicConfig] = {}
+    watchlists: dict[Name, Annotated[Watchlist, BeforeValidator(_entities)]] = {}
     slack: SlackConfig = SlackConfig()
     digests: dict[Name, DigestConfig] = {}
 
@@ -165,6 +211,19 @@ class Config(_Model):
 
     def timeout(self, feed: FeedConfig) -> timedelta:
         return feed.timeout or self.defaults.timeout
+
+    def rules(self) -> RuleSet:
+        """The topics and watchlists as the classifier takes them (hashable)."""
+        return RuleSet(
+            topics=tuple(
+                TopicRule(tid, t.label, tuple(t.query.items()), t.min_score, t.requires, t.hidden)
+                for tid, t in self.topics.items()
+            ),
+            watchlists=tuple(
+                WatchlistRule(wid, tuple((e.name, tuple(e.aliases)) for e in w.entities))
+                for wid, w in self.watchlists.items()
+            ),
+        )
 
     def feed(self, name: str) -> FeedConfig | None:
         return next((f for f in self.feeds if f.name == name), None)
@@ -188,7 +247,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(text: str, filename: str = DEFAULT_CONFIG) -> Config:
     try:
-        data = YAML(typ="rt").load(text)
+        yaml = YAML(typ="rt")
+        yaml.preserve_quotes = True  # to point inside a quoted query at the error
+        data = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(p for p in (exc.context, exc.problem) if p)
@@ -272,6 +333,12 @@ def _problem(filename: str, data: Any, err: Any) -> ConfigProblem:
     return ConfigProblem(filename, line + 1, col + 1, _key_path(found or loc), message)
 
 
+def _node(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        data = data[part]
+    return data
+
+
 def _dedupe(problems: Iterator[ConfigProblem]) -> list[ConfigProblem]:
     seen: set[tuple[int, int, str]] = set()
     out = []
@@ -302,6 +369,21 @@ def _cross_checks(filename: str, data: Any, config: Config) -> Iterator[ConfigPr
                 ("feeds", i, "url"), f"duplicate feed URL {feed.url!r} (also feeds[{urls[key]}])"
             )
         urls.setdefault(key, i)
+    try:
+        compile_rules(config.rules())
+    except RuleError as exc:
+        loc = exc.where
+        line, col, found = _position(data, loc)
+        if found == loc and exc.position is not None and loc[-1] != "requires":
+            node = _node(data, loc)
+            style = getattr(node, "style", None)
+            if style in ('"', "'"):
+                col += 1 + exc.position  # a quoted query on one line: point at the spot
+            elif style is None and isinstance(node, str) and "\n" not in node:
+                col += exc.position
+        yield ConfigProblem(
+            filename, line + 1, col + 1, _key_path(found or loc), str(exc).split(": ", 1)[1]
+        )
     for name, digest in config.digests.items():
         for j, topic in enumerate(digest.topics):
             if topic not in config.topics:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin
 
-from monitor.classify import TopicSpec, classify, rules_for
+from monitor.classify import RuleSet, classify, rules_for
 from monitor.errors import ParseError
 from monitor.normalize import (
     SUMMARY_MAX,
@@ -39,6 +39,9 @@ _HTML_START = re.compile(
 )
 
 
+_NO_RULES = RuleSet()
+
+
 @dataclass(frozen=True, slots=True)
 class ParseJob:
     """Everything a worker process needs to turn a body into items and matches."""
@@ -49,7 +52,7 @@ class ParseJob:
     headers: dict[str, str]
     language: str | None  # configured; beats what the feed declares
     now: datetime
-    topics: TopicSpec = ()
+    rules: RuleSet = _NO_RULES
 
 
 def refuse_dangerous_markup(body: bytes) -> None:
@@ -69,9 +72,9 @@ def parse_and_classify(job: ParseJob) -> ParsedFeed:
     except ParseError as exc:
         exc.feed, exc.url = job.feed, job.url
         raise
-    if not job.topics:
+    if not job.rules.topics:
         return parsed
-    rules = rules_for(job.topics)
+    rules = rules_for(job.rules)
     matches: dict[str, tuple[Match, ...]] = {}
     for item in parsed.items:
         found = classify(rules, item)

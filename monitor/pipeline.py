@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from monitor.classify import topic_spec
 from monitor.config import Config, FeedConfig
 from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
@@ -117,13 +116,13 @@ class Poller:
         self._pool: ProcessPoolExecutor | None = None  # started on the first changed feed
         # One thread owns the database: SQLite writes never contend, the loop never blocks.
         self._db: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelwatch-db")
-        self._topics = topic_spec({tid: t.query for tid, t in config.topics.items()})
+        self._rules = config.rules()
         self._writes: list[tuple[PollWrite, asyncio.Future[StoreResult | Exception]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self._topics = topic_spec({tid: t.query for tid, t in config.topics.items()})
+        self._rules = config.rules()
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
@@ -173,7 +172,7 @@ class Poller:
             else:
                 job = ParseJob(
                     feed.name, fetched.url, fetched.body, fetched.headers, feed.language, now,
-                    self._topics,
+                    self._rules,
                 )  # fmt: skip
                 started = time.monotonic()
                 parsed = await self._parse(job)

@@ -34,6 +34,8 @@ class Match:
     topic: str
     terms: tuple[str, ...]
     score: float
+    # where each term was first found: (term, field, character offset in that field)
+    positions: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,8 @@ class MatchRow(SQLModel, table=True):
     topic: str = Field(index=True)
     terms: list[str] = Field(default_factory=list, sa_type=JSON)
     score: float
+    # [term, field, offset] where each term was first found: "why you got this"
+    positions: list[list[Any]] = Field(default_factory=list, sa_type=JSON)
 
 
 class DeliveryRow(SQLModel, table=True):

@@ -88,6 +88,16 @@ def _to_item(row: ItemRow) -> Item:
     )
 
 
+def _match_row(item_id: int, m: Match) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "topic": m.topic,
+        "terms": list(m.terms),
+        "score": m.score,
+        "positions": [list(p) for p in m.positions],
+    }
+
+
 def _to_state(row: FeedRow) -> FeedState:
     return FeedState(
         **{f: getattr(row, f) for f in FeedState.__dataclass_fields__ if hasattr(row, f)}
@@ -235,10 +245,7 @@ class Repository:
         delivery_rows = []
         for identity, item_id in new_ids.items():
             matches = parsed.matches.get(identity, ())
-            match_rows += [
-                {"item_id": item_id, "topic": m.topic, "terms": list(m.terms), "score": m.score}
-                for m in matches
-            ]
+            match_rows += [_match_row(item_id, m) for m in matches]
             if matches and channel:
                 delivery_rows.append(
                     {
@@ -287,7 +294,7 @@ class Repository:
         for chunk in _chunks(ids):
             for m in s.execute(select(MatchRow).where(MatchRow.item_id.in_(chunk))).scalars():
                 by_item.setdefault(m.item_id, []).append(
-                    Match(topic=m.topic, terms=tuple(m.terms), score=m.score)
+                    Match(m.topic, tuple(m.terms), m.score, tuple(map(tuple, m.positions or ())))
                 )
         return [
             StoredItem(r.id, _to_item(r), r.first_seen, tuple(by_item.get(r.id, ()))) for r in rows

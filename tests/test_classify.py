@@ -4,14 +4,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.classify import classify, compile_rules
+from monitor.classify import classify, compile_rules, keyword_rules
 from monitor.types import Item
 
 RULES = compile_rules(
-    {
-        "ai": ["AI", "artificial intelligence", "intelligenza artificiale", "KI", "IA"],
-        "deals": ["signs with", "partnership"],
-    }
+    keyword_rules(
+        {
+            "ai": ["AI", "artificial intelligence", "intelligenza artificiale", "KI", "IA"],
+            "deals": ["signs with", "partnership"],
+        }
+    )
 )
 
 

@@ -94,11 +94,51 @@ def refusal(text: str) -> list[str]:
         ),
         (
             GOOD.replace("query: [AI, intelligenza artificiale]", "query: 42"),
-            "feeds.yaml:11:26: topics.ai.query: must be a keyword, a phrase or a list of them",
+            "feeds.yaml:11:26: topics.ai.query: must be a query, or a list of keywords and phrases",
         ),
     ],
 )
 def test_broken_file_names_file_line_column_and_key(text: str, expected: str) -> None:
+    problems = refusal(text)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "topics, expected",
+    [
+        (  # a quoted query: the column points at the problem inside it
+            '  ai: {label: AI, query: "AI AND (film OR"}',
+            "feeds.yaml:11:42: topics.ai.query: the query ends where a term was expected",
+        ),
+        (
+            "  ai:\n    label: AI\n    query: AI NEAR/x film",
+            "feeds.yaml:13:15: topics.ai.query: NEAR needs a distance in words, like NEAR/10",
+        ),
+        (
+            "  ai:\n    label: AI\n    query:\n      all: AI\n"
+            "      it: '\"intelligenza artificiale'",
+            'feeds.yaml:15:12: topics.ai.query.it: a quote (") is not closed',
+        ),
+        (
+            '  ai: {label: AI, query: "@studios AND AI"}',
+            "feeds.yaml:11:26: topics.ai.query: unknown watchlist @studios",
+        ),
+        (
+            '  ai: {label: AI, query: "#a"}\n  a: {label: A, query: "#ai"}',
+            "feeds.yaml:11:7: topics.ai: topics refer to each other in a circle: ai -> a -> ai",
+        ),
+        (
+            "  ai: {label: AI, query: AI, requires: gate}",
+            "feeds.yaml:11:40: topics.ai.requires: unknown topic 'gate'",
+        ),
+        (
+            "  ai: {label: AI, query: {en: AI, italian: IA}}",
+            "feeds.yaml:11:26: topics.ai.query: 'italian' is not all or an ISO 639-1",
+        ),
+    ],
+)
+def test_bad_queries_are_refused_with_their_position(topics: str, expected: str) -> None:
+    text = GOOD.replace("  ai: {label: AI, query: [AI, intelligenza artificiale]}", topics)
     problems = refusal(text)
     assert any(p.startswith(expected) for p in problems), problems
 
@@ -115,12 +155,12 @@ def test_defaults_apply_to_feeds_that_do_not_say() -> None:
     assert config.interval(roma) == timedelta(hours=1)
     assert config.timeout(thr) == timedelta(seconds=30)
     assert roma.language == "it" and thr.language is None
-    assert config.topics["ai"].query == ["AI", "intelligenza artificiale"]
+    assert config.topics["ai"].query == {"all": '"AI" OR "intelligenza artificiale"'}
 
 
-def test_a_single_phrase_is_a_query() -> None:
+def test_a_string_is_a_query_for_every_language() -> None:
     config = parse_config(GOOD.replace("[AI, intelligenza artificiale]", '"generative AI"'))
-    assert config.topics["ai"].query == ["generative AI"]
+    assert config.topics["ai"].query == {"all": "generative AI"}
 
 
 def test_feeds_check_exits_2_and_prints_the_location(

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.classify import topic_spec
+from monitor.classify import keyword_rules
 from monitor.errors import ParseError
 from monitor.parse import ParseJob, parse_and_classify
 from tests.conftest import fixture
@@ -14,7 +14,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 def parse(body: bytes, language: str | None = None, topics=None, headers=None):
     job = ParseJob("f", "https://example.org/feed", body, headers or {}, language, NOW,
-                   topic_spec(topics or {}))  # fmt: skip
+                   keyword_rules(topics or {}))  # fmt: skip
     return parse_and_classify(job)
 
 

@@ -1,0 +1,375 @@
+"""Compile topic rules into one matcher and run it over items. Pure.
+
+Every term of every topic and watchlist goes into one Aho-Corasick automaton
+over accent-folded, lower-cased text, so the cost per item does not grow with
+the number of terms; a hit is kept when it sits on word boundaries (and, for
+acronyms, has the right case), then each topic's query is evaluated over hits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import ahocorasick
+
+from monitor.classify.query import (
+    And,
+    Field,
+    Near,
+    Node,
+    Not,
+    Or,
+    QueryError,
+    Term,
+    TopicRef,
+    Watch,
+    parse_query,
+    references,
+)
+from monitor.classify.text import fold
+from monitor.types import Item, Match
+
+FIELD_NAMES = ("title", "summary", "category")
+FIELD_WEIGHT = (2.0, 1.0, 1.0)  # a term in the title counts double
+ALL = "all"  # the language key of queries that apply to every language
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRule:
+    id: str
+    label: str
+    queries: tuple[tuple[str, str], ...]  # (language or "all", query text)
+    min_score: float = 0.0
+    requires: str | None = None
+    hidden: bool = False  # a building block for other topics (#id); never assigned
+
+
+@dataclass(frozen=True, slots=True)
+class WatchlistRule:
+    id: str
+    entities: tuple[tuple[str, tuple[str, ...]], ...]  # (name, aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """What a user wrote, hashable: each parse worker compiles it once."""
+
+    topics: tuple[TopicRule, ...] = ()
+    watchlists: tuple[WatchlistRule, ...] = ()
+
+
+class RuleError(ValueError):
+    """A rule that cannot compile; `where` names the topic (and language) or watchlist."""
+
+    def __init__(self, where: tuple[str, ...], message: str, position: int | None = None):
+        self.where = where
+        self.message = message
+        self.position = position
+        at = f" (at position {position + 1} of the query)" if position is not None else ""
+        super().__init__(f"{'.'.join(where)}: {message}{at}")
+
+
+def is_acronym(term: str) -> bool:
+    """Short all-capital terms (AI, KI, IA) match only in capitals: "ai registi" is Italian."""
+    letters = [c for c in term if c.isalpha()]
+    return 0 < len(letters) <= 5 and all(c.isupper() for c in letters)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    key: str  # lower-cased fold, what the automaton finds
+    cased: str | None  # case-preserving fold that must match too (acronyms)
+    prefix: bool
+
+
+# Compiled query nodes: leaves hold pattern ids and the name shown in explanations.
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    patterns: tuple[tuple[int, str], ...]  # (pattern id, term shown: the entity name for aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class _Topic:
+    rule: TopicRule
+    queries: dict[str, object]  # language -> compiled node
+
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(slots=True)
+class _Hit:
+    term: str
+    field: int
+    start: int  # offset in the combined text
+    end: int
+
+
+@dataclass(slots=True)
+class _Context:
+    """One item being classified: its text, the hits, and memoised topic results."""
+
+    text: str
+    starts: tuple[int, ...]  # where title, summary and categories start in text
+    language: str | None
+    hits: dict[int, list[tuple[int, int, int]]]  # pattern id -> (field, start, end)
+    words: list[int] | None = None
+    topics: dict[tuple[str, frozenset[int] | None], tuple[bool, list[_Hit]]] = field(
+        default_factory=dict
+    )
+
+    def word_index(self, offset: int) -> int:
+        if self.words is None:
+            self.words = [m.start() for m in _WORD.finditer(self.text)]
+        return bisect.bisect_right(self.words, offset)
+
+
+class Classifier:
+    def __init__(self, rules: RuleSet):
+        self.rules = rules
+        self._patterns: list[_Pattern] = []
+        self._ids: dict[_Pattern, int] = {}
+        self._watch: dict[str, _Leaf] = {}
+        for wl in rules.watchlists:
+            pairs = []
+            for name, aliases in wl.entities:
+                for alias in dict.fromkeys((name, *aliases)):
+                    pairs.append((self._pattern(alias, False, ("watchlists", wl.id)), name))
+            self._watch[wl.id] = _Leaf(tuple(pairs))
+        by_id = {t.id: t for t in rules.topics}
+        self._topics: dict[str, _Topic] = {}
+        for rule in rules.topics:
+            queries = {}
+            for lang, text in rule.queries:
+                where = ("topics", rule.id, "query") + (() if lang == ALL else (lang,))
+                try:
+                    node = parse_query(text)
+                except QueryError as exc:
+                    raise RuleError(where, exc.message, exc.position) from None
+                watch, topics = references(node)
+                for name in sorted(watch - self._watch.keys()):
+                    raise RuleError(where, f"unknown watchlist @{name}")
+                for name in sorted(topics - by_id.keys()):
+                    raise RuleError(where, f"unknown topic #{name}")
+                queries[lang] = self._compile(node, where)
+            if rule.requires is not None and rule.requires not in by_id:
+                raise RuleError(("topics", rule.id, "requires"), f"unknown topic {rule.requires!r}")
+            self._topics[rule.id] = _Topic(rule, queries)
+        self._check_cycles(by_id)
+        self._automaton = ahocorasick.Automaton()
+        by_key: dict[str, list[int]] = {}
+        for pid, pattern in enumerate(self._patterns):
+            by_key.setdefault(pattern.key, []).append(pid)
+        for key, pids in by_key.items():
+            self._automaton.add_word(key, tuple(pids))
+        if by_key:
+            self._automaton.make_automaton()
+        self._empty = self._evaluate(_Context("", (0, 0, 0), None, {})) if by_key else None
+
+    # -- compiling ---------------------------------------------------------------------------
+
+    def _pattern(self, term: str, prefix: bool, where: tuple[str, ...]) -> int:
+        term = " ".join(term.split())
+        lower, cased = fold(term)
+        if not lower.strip():
+            raise RuleError(where, f"{term!r} has no letters or digits to match")
+        pattern = _Pattern(lower.strip(), cased.strip() if is_acronym(term) else None, prefix)
+        if pattern not in self._ids:
+            self._ids[pattern] = len(self._patterns)
+            self._patterns.append(pattern)
+        return self._ids[pattern]
+
+    def _compile(self, node: Node, where: tuple[str, ...]) -> object:
+        if isinstance(node, Term):
+            return _Leaf(
+                (
+                    (
+                        self._pattern(node.text, node.prefix, where),
+                        node.text + ("*" if node.prefix else ""),
+                    ),
+                )
+            )
+        if isinstance(node, Watch):
+            return self._watch[node.name]
+        if isinstance(node, And | Or):
+            return type(node)(tuple(self._compile(n, where) for n in node.items))  # type: ignore[arg-type]
+        if isinstance(node, Not):
+            return Not(self._compile(node.item, where))  # type: ignore[arg-type]
+        if isinstance(node, Field):
+            fields = frozenset(FIELD_NAMES.index(f) for f in node.fields)
+            return Field(fields, self._compile(node.item, where))  # type: ignore[arg-type]
+        if isinstance(node, Near):
+            return Near(
+                self._compile(node.left, where), self._compile(node.right, where), node.distance
+            )  # type: ignore[arg-type]
+        return node  # TopicRef, resolved when evaluated
+
+    def _check_cycles(self, by_id: dict[str, TopicRule]) -> None:
+        def deps(tid: str) -> set[str]:
+            rule = by_id[tid]
+            out = set()
+            for _, text in rule.queries:
+                out |= references(parse_query(text))[1]
+            if rule.requires:
+                out.add(rule.requires)
+            return out
+
+        state: dict[str, int] = {}
+
+        def visit(tid: str, path: tuple[str, ...]) -> None:
+            if state.get(tid) == 2:
+                return
+            if state.get(tid) == 1:
+                cycle = " -> ".join((*path[path.index(tid) :], tid))
+                raise RuleError(("topics", tid), f"topics refer to each other in a circle: {cycle}")
+            state[tid] = 1
+            for dep in sorted(deps(tid)):
+                visit(dep, (*path, tid))
+            state[tid] = 2
+
+        for tid in by_id:
+            visit(tid, ())
+
+    # -- matching ----------------------------------------------------------------------------
+
+    def classify(self, item: Item) -> tuple[Match, ...]:
+        parts = (item.title, item.summary, " ; ".join(item.categories))
+        text = "\n".join(parts)
+        starts = (0, len(parts[0]) + 1, len(parts[0]) + len(parts[1]) + 2)
+        hits = self._scan(text, starts)
+        if not hits and self._empty is not None:
+            return self._empty
+        return self._evaluate(_Context(text, starts, item.language, hits))
+
+    def _scan(self, text: str, starts: tuple[int, ...]) -> dict[int, list[tuple[int, int, int]]]:
+        if not self._patterns:
+            return {}
+        lower, cased = fold(text)
+        n = len(lower)
+        hits: dict[int, list[tuple[int, int, int]]] = {}
+        for end, pids in self._automaton.iter(lower):
+            for pid in pids:
+                p = self._patterns[pid]
+                start = end - len(p.key) + 1
+                if start > 0 and lower[start - 1].isalnum():
+                    continue
+                if not p.prefix and end + 1 < n and lower[end + 1].isalnum():
+                    continue
+                if p.cased is not None and cased[start : end + 1] != p.cased:
+                    continue
+                fld = 2 if start >= starts[2] else (1 if start >= starts[1] else 0)
+                hits.setdefault(pid, []).append((fld, start, end + 1))
+        return hits
+
+    def _evaluate(self, ctx: _Context) -> tuple[Match, ...]:
+        out = []
+        for tid, topic in self._topics.items():
+            if topic.rule.hidden:
+                continue
+            ok, hits = self._topic(ctx, tid, None)
+            if ok:
+                out.append(self._match(ctx, tid, hits))
+        return tuple(out)
+
+    def _match(self, ctx: _Context, tid: str, hits: list[_Hit]) -> Match:
+        best: dict[str, float] = {}
+        first: dict[str, tuple[str, int]] = {}
+        for h in sorted(hits, key=lambda h: h.start):
+            best[h.term] = max(best.get(h.term, 0.0), FIELD_WEIGHT[h.field])
+            first.setdefault(h.term, (FIELD_NAMES[h.field], h.start - ctx.starts[h.field]))
+        positions = tuple((term, fld, off) for term, (fld, off) in first.items())
+        return Match(tid, tuple(first), round(sum(best.values()), 3), positions)
+
+    def _topic(
+        self, ctx: _Context, tid: str, fields: frozenset[int] | None
+    ) -> tuple[bool, list[_Hit]]:
+        key = (tid, fields)
+        if key in ctx.topics:
+            return ctx.topics[key]
+        ctx.topics[key] = (False, [])  # guards against surprises; cycles are refused at compile
+        topic = self._topics[tid]
+        rule = topic.rule
+        result: tuple[bool, list[_Hit]] = (False, [])
+        if rule.requires is None or self._topic(ctx, rule.requires, None)[0]:
+            ok, hits = False, []
+            for lang, node in topic.queries.items():
+                if lang == ALL or ctx.language is None or lang == ctx.language:
+                    o, h = self._eval(ctx, node, fields)
+                    if o:
+                        ok = True
+                        hits += h
+            if ok and rule.min_score:
+                score = self._match(ctx, tid, hits).score if hits else 0.0
+                ok = score >= rule.min_score
+            result = (ok, hits if ok else [])
+        ctx.topics[key] = result
+        return result
+
+    def _eval(
+        self, ctx: _Context, node: object, fields: frozenset[int] | None
+    ) -> tuple[bool, list[_Hit]]:
+        if isinstance(node, _Leaf):
+            found = [
+                _Hit(term, fld, start, end)
+                for pid, term in node.patterns
+                for fld, start, end in ctx.hits.get(pid, ())
+                if fields is None or fld in fields
+            ]
+            return bool(found), found
+        if isinstance(node, And):
+            hits: list[_Hit] = []
+            for child in node.items:
+                ok, h = self._eval(ctx, child, fields)
+                if not ok:
+                    return False, []
+                hits += h
+            return True, hits
+        if isinstance(node, Or):
+            hits = []
+            any_ok = False
+            for child in node.items:
+                ok, h = self._eval(ctx, child, fields)
+                if ok:
+                    any_ok = True
+                    hits += h
+            return any_ok, hits
+        if isinstance(node, Not):
+            ok, _ = self._eval(ctx, node.item, fields)
+            return not ok, []
+        if isinstance(node, Field):
+            inner = node.fields if fields is None else node.fields & fields
+            return self._eval(ctx, node.item, inner)
+        if isinstance(node, Near):
+            lok, left = self._eval(ctx, node.left, fields)
+            rok, right = self._eval(ctx, node.right, fields)
+            if not (lok and rok):
+                return False, []
+            near: list[_Hit] = []
+            for a in left:
+                for b in right:
+                    if (
+                        a.field == b.field
+                        and abs(ctx.word_index(a.start) - ctx.word_index(b.start)) <= node.distance
+                    ):
+                        near += (a, b)
+            return bool(near), near
+        if isinstance(node, TopicRef):
+            return self._topic(ctx, node.name, fields)
+        raise TypeError(node)
+
+
+def compile_rules(rules: RuleSet) -> Classifier:
+    return Classifier(rules)
+
+
+def keyword_rules(topics: dict[str, Iterable[str]]) -> RuleSet:
+    """A RuleSet from plain keyword lists (what the foundation's feeds.yaml allowed)."""
+    return RuleSet(
+        topics=tuple(
+            TopicRule(tid, tid, ((ALL, " OR ".join(f'"{t}"' for t in terms)),))
+            for tid, terms in topics.items()
+        )
+    )

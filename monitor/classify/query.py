@@ -1,0 +1,274 @@
+"""The topic query language: text in, a syntax tree out. Pure.
+
+    query   := or
+    or      := and ("OR" and)*
+    and     := not (["AND"] not)*            juxtaposition means AND
+    not     := "NOT" not | near
+    near    := primary ("NEAR/" N primary)*   within N words of each other
+    primary := "(" or ")" | FIELD ":" primary | term | @watchlist | #topic
+    term    := word | word* | "a phrase" | "a phrase"*
+
+Operators are written in capitals; FIELD is title, summary or category. A term
+written in capitals only (up to five letters: AI, KI, IA, WGA) matches only in
+capitals; any other term ignores case and accents.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+FIELDS = {"title": "title", "summary": "summary", "category": "category", "categories": "category"}
+
+
+class QueryError(ValueError):
+    def __init__(self, message: str, position: int):
+        self.message = message
+        self.position = position  # 0-based offset in the query text
+        super().__init__(f"{message} (at position {position + 1} of the query)")
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    text: str
+    prefix: bool = False  # deepfake* matches deepfakes, deepfaked
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRef:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    item: Node
+
+
+@dataclass(frozen=True, slots=True)
+class Near:
+    left: Node
+    right: Node
+    distance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    fields: frozenset[str]
+    item: Node
+
+
+Node = Term | Watch | TopicRef | And | Or | Not | Near | Field
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<lparen>\()
+  | (?P<rparen>\))
+  | (?P<phrase>"(?P<ptext>[^"]*)"(?P<pstar>\*)?)
+  | (?P<open>")
+  | (?P<near>NEAR/(?P<dist>\d+)(?![^\s()"]))
+  | (?P<badnear>NEAR/?[^\s()"]*)
+  | (?P<field>(?P<fname>[A-Za-z]+):(?=[^\s]))
+  | (?P<word>[^\s()"]+)
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tok:
+    kind: str
+    value: str
+    pos: int
+    prefix: bool = False
+
+
+def _tokens(text: str) -> list[_Tok]:
+    out: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        assert m is not None  # the word alternative matches anything else
+        kind = m.lastgroup or ""
+        if m.group("space"):
+            pass
+        elif m.group("lparen"):
+            out.append(_Tok("(", "(", pos))
+        elif m.group("rparen"):
+            out.append(_Tok(")", ")", pos))
+        elif m.group("phrase") is not None:
+            phrase = " ".join(m.group("ptext").split())
+            if not phrase:
+                raise QueryError("empty quotes", pos)
+            out.append(_Tok("term", phrase, pos, prefix=bool(m.group("pstar"))))
+        elif m.group("open"):
+            raise QueryError('a quote (") is not closed', pos)
+        elif m.group("near"):
+            out.append(_Tok("NEAR", m.group("dist"), pos))
+        elif m.group("badnear"):
+            raise QueryError("NEAR needs a distance in words, like NEAR/10", pos)
+        elif m.group("field"):
+            name = m.group("fname")
+            if name.lower() not in FIELDS:
+                raise QueryError(f"unknown field {name!r} (fields: title, summary, category)", pos)
+            out.append(_Tok("field", FIELDS[name.lower()], pos))
+        else:
+            word = m.group("word")
+            if word in ("AND", "OR", "NOT"):
+                out.append(_Tok(word, word, pos))
+            elif word[0] in "@#":
+                if not re.fullmatch(r"[@#][A-Za-z0-9][A-Za-z0-9_.-]*", word):
+                    raise QueryError(f"{word!r} is not a watchlist (@name) or topic (#name)", pos)
+                out.append(_Tok("watch" if word[0] == "@" else "topic", word[1:], pos))
+            else:
+                prefix = word.endswith("*")
+                core = word.rstrip("*")
+                if not core or "*" in core:
+                    raise QueryError("a * goes at the end of a word, like deepfake*", pos)
+                out.append(_Tok("term", core, pos, prefix=prefix))
+        del kind
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = _tokens(text)
+        self.i = 0
+
+    def peek(self) -> _Tok | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self) -> _Tok:
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def where(self) -> int:
+        tok = self.peek()
+        return tok.pos if tok else len(self.text)
+
+    def parse(self) -> Node:
+        if not self.toks:
+            raise QueryError("the query is empty", 0)
+        node = self.or_()
+        tok = self.peek()
+        if tok is not None:
+            if tok.kind == ")":
+                raise QueryError("a ) has no matching (", tok.pos)
+            raise QueryError(f"unexpected {tok.value!r}", tok.pos)
+        return node
+
+    def or_(self) -> Node:
+        items = [self.and_()]
+        while (tok := self.peek()) is not None and tok.kind == "OR":
+            self.take()
+            items.append(self.and_())
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def and_(self) -> Node:
+        items = [self.not_()]
+        while (tok := self.peek()) is not None and tok.kind not in ("OR", ")"):
+            if tok.kind == "AND":
+                self.take()
+            items.append(self.not_())
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def not_(self) -> Node:
+        tok = self.peek()
+        if tok is not None and tok.kind == "NOT":
+            self.take()
+            return Not(self.not_())
+        return self.near()
+
+    def near(self) -> Node:
+        node = self.primary()
+        while (tok := self.peek()) is not None and tok.kind == "NEAR":
+            self.take()
+            right = self.primary()
+            if _has_not(node) or _has_not(right):
+                raise QueryError("NOT cannot be used inside NEAR", tok.pos)
+            node = Near(node, right, int(tok.value))
+        return node
+
+    def primary(self) -> Node:
+        tok = self.peek()
+        if tok is None:
+            raise QueryError("the query ends where a term was expected", len(self.text))
+        if tok.kind == "(":
+            self.take()
+            node = self.or_()
+            close = self.peek()
+            if close is None or close.kind != ")":
+                raise QueryError("a ( is not closed", tok.pos)
+            self.take()
+            return node
+        if tok.kind == "field":
+            self.take()
+            return Field(frozenset({tok.value}), self.primary())
+        if tok.kind == "term":
+            self.take()
+            return Term(tok.value, tok.prefix)
+        if tok.kind == "watch":
+            self.take()
+            return Watch(tok.value)
+        if tok.kind == "topic":
+            self.take()
+            return TopicRef(tok.value)
+        raise QueryError(f"expected a term where {tok.value!r} is", tok.pos)
+
+
+def _has_not(node: Node) -> bool:
+    if isinstance(node, Not):
+        return True
+    if isinstance(node, And | Or):
+        return any(_has_not(n) for n in node.items)
+    if isinstance(node, Field):
+        return _has_not(node.item)
+    if isinstance(node, Near):
+        return _has_not(node.left) or _has_not(node.right)
+    return False
+
+
+def parse_query(text: str) -> Node:
+    """Parse a query; raise QueryError naming the position of the first problem."""
+    return _Parser(text).parse()
+
+
+def references(node: Node) -> tuple[set[str], set[str]]:
+    """(watchlists, topics) a query refers to."""
+    watch: set[str] = set()
+    topics: set[str] = set()
+
+    def walk(n: Node) -> None:
+        if isinstance(n, Watch):
+            watch.add(n.name)
+        elif isinstance(n, TopicRef):
+            topics.add(n.name)
+        elif isinstance(n, And | Or):
+            for child in n.items:
+                walk(child)
+        elif isinstance(n, Not | Field):
+            walk(n.item)
+        elif isinstance(n, Near):
+            walk(n.left)
+            walk(n.right)
+
+    walk(node)
+    return watch, topics

@@ -96,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     items.add_argument("--feed", metavar="NAME")
     items.add_argument("--limit", type=int, default=50, metavar="N")
 
+    classify = sub.add_parser(
+        "classify", parents=[common, listing], help="show which topics a text matches, and why"
+    )
+    classify.add_argument("title")
+    classify.add_argument("summary", nargs="?", default="")
+    classify.add_argument("--lang", metavar="CODE", help="its language (default: guessed)")
+
+    reclassify = sub.add_parser(
+        "reclassify", parents=[common], help="re-run the current topics over stored items"
+    )
+    reclassify.add_argument(
+        "--since", type=_duration_arg, default=timedelta(days=30), metavar="AGE"
+    )
+    reclassify.add_argument(
+        "--dry-run", action="store_true", help="change nothing; show what would"
+    )
+    reclassify.add_argument(
+        "--alert", action="store_true", help="alert on old items that become relevant"
+    )
+
     health = sub.add_parser(
         "health", parents=[common], help="exit 1 when the scheduler is not alive"
     )
@@ -119,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_items(args)
         if args.command == "health":
             return cmd_health(args)
+        if args.command == "classify":
+            return cmd_classify(args)
+        if args.command == "reclassify":
+            return cmd_reclassify(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -301,6 +325,7 @@ def cmd_items(args: argparse.Namespace) -> int:
                 "topics": [m.topic for m in s.matches],
                 "terms": list(dict.fromkeys(t for m in s.matches for t in m.terms)),
                 "score": max((m.score for m in s.matches), default=0.0),
+                "matches": [_match_json(m) for m in s.matches],
             }
         )
     if args.format == "table":
@@ -309,6 +334,85 @@ def cmd_items(args: argparse.Namespace) -> int:
         _print_rows(rows, "table", ["id", "published", "feed", "language", "topics", "title"])
     else:
         _print_rows(rows, "json", [])
+    return EXIT_OK
+
+
+def _match_json(m: Any) -> dict[str, Any]:
+    return {
+        "topic": m.topic,
+        "score": m.score,
+        "terms": list(m.terms),
+        "positions": [{"term": t, "field": f, "offset": o} for t, f, o in m.positions],
+    }
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from monitor.classify import compile_rules
+    from monitor.classify.text import guess_language
+    from monitor.normalize import SUMMARY_MAX, TITLE_MAX, clean_text, language_code
+    from monitor.pipeline import utcnow
+    from monitor.types import Item
+
+    config = _load(args)
+    title, summary = clean_text(args.title, TITLE_MAX), clean_text(args.summary, SUMMARY_MAX)
+    language = language_code(args.lang) or guess_language(f"{title} {summary}")
+    item = Item("cli", "cli", None, None, title, summary, utcnow(), language)
+    matches = compile_rules(config.rules()).classify(item)
+    if args.format == "json":
+        out = {"language": language, "relevant": bool(matches)}
+        out["matches"] = [_match_json(m) for m in matches]
+        print(json.dumps(out, ensure_ascii=False))
+        return EXIT_OK
+    if not matches:
+        print(f"no topic matched (language: {language or 'unknown'})")
+        return EXIT_OK
+    print(f"relevant (language: {language or 'unknown'})")
+    for m in matches:
+        print(f"{m.topic}  score {m.score:g}  ({config.topics[m.topic].label})")
+        for term, fld, offset in m.positions:
+            print(f"    {term!r} in {fld} at {offset}")
+    return EXIT_OK
+
+
+def cmd_reclassify(args: argparse.Namespace) -> int:
+    from alerts.slack import SlackSettings
+    from monitor.classify import compile_rules
+    from monitor.pipeline import utcnow
+
+    config = _load(args)
+    repo = _repo()
+    classifier = compile_rules(config.rules())
+    stored = repo.list_items(since=utcnow() - args.since, limit=None)
+    gained: dict[str, list[str]] = {}
+    lost: dict[str, list[str]] = {}
+    changes: dict[int, tuple[Any, ...]] = {}
+    newly_relevant: list[int] = []
+    for s in stored:
+        new = classifier.classify(s.item)
+        before, after = {m.topic for m in s.matches}, {m.topic for m in new}
+        for topic in after - before:
+            gained.setdefault(topic, []).append(s.item.title)
+        for topic in before - after:
+            lost.setdefault(topic, []).append(s.item.title)
+        if new != s.matches:
+            changes[s.id] = new
+            if new and not s.matches:
+                newly_relevant.append(s.id)
+    verb = "would" if args.dry_run else "now"
+    print(f"{len(stored)} items since {args.since.days}d; {len(changes)} {verb} change")
+    for topic in sorted(set(gained) | set(lost)):
+        plus, minus = gained.get(topic, []), lost.get(topic, [])
+        print(f"  {topic}: +{len(plus)} {verb} match, -{len(minus)} {verb} stop matching")
+        for sign, titles in (("+", plus), ("-", minus)):
+            for title in titles[:3]:
+                print(f"      {sign} {title[:100]}")
+    if args.dry_run:
+        return EXIT_OK
+    repo.replace_matches(changes)
+    if args.alert and newly_relevant:
+        channel = SlackSettings.from_env().alert_channel(config.slack.default_channel)
+        added = repo.add_deliveries(newly_relevant, channel, utcnow())
+        print(f"{added} alerts queued for items that became relevant")
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from monitor.classify import RuleSet, classify, rules_for
+from monitor.classify.text import guess_language
 from monitor.errors import ParseError
 from monitor.normalize import (
     SUMMARY_MAX,
@@ -165,6 +166,9 @@ def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | 
             t for t in (clean_text(tag.get("term"), 100) for tag in entry.get("tags", [])[:30]) if t
         )
     )
+    # Several real feeds declare the wrong language (Italian sites saying "en"): a
+    # confident guess from the words themselves beats the declared or configured one.
+    language = guess_language(f"{title} {summary}") or language
     return Item(
         feed=job.feed,
         identity=identity,

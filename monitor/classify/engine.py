@@ -137,7 +137,11 @@ class Classifier:
             pairs = []
             for name, aliases in wl.entities:
                 for alias in dict.fromkeys((name, *aliases)):
-                    pairs.append((self._pattern(alias, False, ("watchlists", wl.id)), name))
+                    # names are matched as written (accents aside): "Runway" the company,
+                    # not a fashion runway; write an alias in lower case to ignore case
+                    cased = alias != alias.lower()
+                    pid = self._pattern(alias, False, ("watchlists", wl.id), cased=cased)
+                    pairs.append((pid, name))
             self._watch[wl.id] = _Leaf(tuple(pairs))
         by_id = {t.id: t for t in rules.topics}
         self._topics: dict[str, _Topic] = {}
@@ -171,12 +175,15 @@ class Classifier:
 
     # -- compiling ---------------------------------------------------------------------------
 
-    def _pattern(self, term: str, prefix: bool, where: tuple[str, ...]) -> int:
+    def _pattern(
+        self, term: str, prefix: bool, where: tuple[str, ...], *, cased: bool = False
+    ) -> int:
         term = " ".join(term.split())
-        lower, cased = fold(term)
+        lower, folded = fold(term)
         if not lower.strip():
             raise RuleError(where, f"{term!r} has no letters or digits to match")
-        pattern = _Pattern(lower.strip(), cased.strip() if is_acronym(term) else None, prefix)
+        exact = cased or is_acronym(term)
+        pattern = _Pattern(lower.strip(), folded.strip() if exact else None, prefix)
         if pattern not in self._ids:
             self._ids[pattern] = len(self._patterns)
             self._patterns.append(pattern)
@@ -237,7 +244,8 @@ class Classifier:
 
     def classify(self, item: Item) -> tuple[Match, ...]:
         parts = (item.title, item.summary, " ; ".join(item.categories))
-        text = "\n".join(parts)
+        # NUL between fields (clean text never holds one): no phrase spans two fields
+        text = "\x00".join(parts)
         starts = (0, len(parts[0]) + 1, len(parts[0]) + len(parts[1]) + 2)
         hits = self._scan(text, starts)
         if not hits and self._empty is not None:
@@ -275,9 +283,15 @@ class Classifier:
         return tuple(out)
 
     def _match(self, ctx: _Context, tid: str, hits: list[_Hit]) -> Match:
+        # One term per place in the text (cinema, cinema* and cinéma found at one spot
+        # count once), and each term once, at its best weight.
         best: dict[str, float] = {}
         first: dict[str, tuple[str, int]] = {}
-        for h in sorted(hits, key=lambda h: h.start):
+        taken: set[int] = set()
+        for h in sorted(hits, key=lambda h: (h.start, -h.end, h.term.endswith("*"))):
+            if h.start in taken:
+                continue
+            taken.add(h.start)
             best[h.term] = max(best.get(h.term, 0.0), FIELD_WEIGHT[h.field])
             first.setdefault(h.term, (FIELD_NAMES[h.field], h.start - ctx.starts[h.field]))
         positions = tuple((term, fld, off) for term, (fld, off) in first.items())

@@ -6,7 +6,7 @@
     not     := "NOT" not | near
     near    := primary ("NEAR/" N primary)*   within N words of each other
     primary := "(" or ")" | FIELD ":" primary | term | @watchlist | #topic
-    term    := word | word* | "a phrase" | "a phrase"*
+    term    := word | word* | "a phrase" | "a phrase*" ("a phrase"* too)
 
 Operators are written in capitals; FIELD is title, summary or category. A term
 written in capitals only (up to five letters: AI, KI, IA, WGA) matches only in
@@ -113,9 +113,11 @@ def _tokens(text: str) -> list[_Tok]:
             out.append(_Tok(")", ")", pos))
         elif m.group("phrase") is not None:
             phrase = " ".join(m.group("ptext").split())
+            prefix = bool(m.group("pstar")) or phrase.endswith("*")
+            phrase = phrase.rstrip("*").rstrip()
             if not phrase:
                 raise QueryError("empty quotes", pos)
-            out.append(_Tok("term", phrase, pos, prefix=bool(m.group("pstar"))))
+            out.append(_Tok("term", phrase, pos, prefix=prefix))
         elif m.group("open"):
             raise QueryError('a quote (") is not closed', pos)
         elif m.group("near"):

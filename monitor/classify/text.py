@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Dashes join words ("AI-generated", "SAG-AFTRA"): fold them to spaces so a term
-# written with a space or a dash matches either way.
+# Dashes join words ("AI-generated", "SAG-AFTRA"): fold them (and every kind of
+# space) to a plain space so a term written with a space or a dash matches either way.
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212_"
 
 
@@ -24,7 +24,7 @@ class _FoldTable(dict):
 
     def __missing__(self, code: int) -> str:
         ch = chr(code)
-        if ch in _DASHES:
+        if ch in _DASHES or ch.isspace():
             out = " "
         else:
             base = unicodedata.normalize("NFD", ch)[0]
@@ -40,7 +40,7 @@ class _FoldTable(dict):
 
 _LOWER = _FoldTable(lower=True)
 _CASED = _FoldTable(lower=False)
-_ASCII_DASHES = str.maketrans({"-": " ", "_": " "})
+_ASCII_DASHES = str.maketrans({"-": " ", "_": " ", "\t": " ", "\n": " ", "\r": " "})
 
 
 def fold(text: str) -> tuple[str, str]:

@@ -88,7 +88,12 @@ class _Pattern:
 # Compiled query nodes: leaves hold pattern ids and the name shown in explanations.
 @dataclass(frozen=True, slots=True)
 class _Leaf:
-    patterns: tuple[tuple[int, str], ...]  # (pattern id, term shown: the entity name for aliases)
+    # pattern id -> the term shown in explanations (an alias shows its entity's name).
+    # Evaluating a leaf walks the item's hits, not this: cost does not grow with terms.
+    terms: dict[int, str]
+
+    def __hash__(self) -> int:
+        return id(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +147,11 @@ class Classifier:
                     cased = alias != alias.lower()
                     pid = self._pattern(alias, False, ("watchlists", wl.id), cased=cased)
                     pairs.append((pid, name))
-            self._watch[wl.id] = _Leaf(tuple(pairs))
+            self._watch[wl.id] = _Leaf({pid: name for pid, name in reversed(pairs)})
         by_id = {t.id: t for t in rules.topics}
         self._topics: dict[str, _Topic] = {}
+        self._positive: set[str] = set()  # filled once compiled (see below)
+        self._needs = {}
         for rule in rules.topics:
             queries = {}
             for lang, text in rule.queries:
@@ -171,7 +178,38 @@ class Classifier:
             self._automaton.add_word(key, tuple(pids))
         if by_key:
             self._automaton.make_automaton()
+        # A topic that cannot match without hits of its own patterns (no bare NOT) is
+        # skipped at once for an item with none of them: most items, most topics.
+        self._needs: dict[str, frozenset[int]] = {}
+        for tid in self._topics:
+            self._needs_of(tid)
+        empty = _Context("", (0, 0, 0), None, {})
+        self._positive = {tid for tid in self._topics if not self._topic(empty, tid, None)[0]}
         self._empty = self._evaluate(_Context("", (0, 0, 0), None, {})) if by_key else None
+
+    def _needs_of(self, tid: str) -> frozenset[int]:
+        if tid in self._needs:
+            return self._needs[tid]
+        out: set[int] = set()
+
+        def walk(node: object) -> None:
+            if isinstance(node, _Leaf):
+                out.update(node.terms)
+            elif isinstance(node, And | Or):
+                for child in node.items:
+                    walk(child)
+            elif isinstance(node, Not | Field):
+                walk(node.item)
+            elif isinstance(node, Near):
+                walk(node.left)
+                walk(node.right)
+            elif isinstance(node, TopicRef):
+                out.update(self._needs_of(node.name))
+
+        for node in self._topics[tid].queries.values():
+            walk(node)
+        self._needs[tid] = frozenset(out)
+        return self._needs[tid]
 
     # -- compiling ---------------------------------------------------------------------------
 
@@ -191,27 +229,32 @@ class Classifier:
 
     def _compile(self, node: Node, where: tuple[str, ...]) -> object:
         if isinstance(node, Term):
-            return _Leaf(
-                (
-                    (
-                        self._pattern(node.text, node.prefix, where),
-                        node.text + ("*" if node.prefix else ""),
-                    ),
-                )
-            )
+            pid = self._pattern(node.text, node.prefix, where)
+            return _Leaf({pid: node.text + ("*" if node.prefix else "")})
         if isinstance(node, Watch):
             return self._watch[node.name]
-        if isinstance(node, And | Or):
-            return type(node)(tuple(self._compile(n, where) for n in node.items))  # type: ignore[arg-type]
+        if isinstance(node, Or):
+            items = [self._compile(n, where) for n in node.items]
+            # an OR of plain terms is one leaf: one pass over the hits instead of one per term
+            leaves = [i for i in items if isinstance(i, _Leaf)]
+            rest = [i for i in items if not isinstance(i, _Leaf)]
+            if len(leaves) > 1:
+                merged: dict[int, str] = {}
+                for leaf in reversed(leaves):
+                    merged.update(leaf.terms)
+                leaves = [_Leaf(merged)]
+            items = leaves + rest
+            return items[0] if len(items) == 1 else Or(tuple(items))  # type: ignore[arg-type]
+        if isinstance(node, And):
+            return And(tuple(self._compile(n, where) for n in node.items))  # type: ignore[arg-type]
         if isinstance(node, Not):
             return Not(self._compile(node.item, where))  # type: ignore[arg-type]
         if isinstance(node, Field):
             fields = frozenset(FIELD_NAMES.index(f) for f in node.fields)
             return Field(fields, self._compile(node.item, where))  # type: ignore[arg-type]
         if isinstance(node, Near):
-            return Near(
-                self._compile(node.left, where), self._compile(node.right, where), node.distance
-            )  # type: ignore[arg-type]
+            left, right = self._compile(node.left, where), self._compile(node.right, where)
+            return Near(left, right, node.distance)  # type: ignore[arg-type]
         return node  # TopicRef, resolved when evaluated
 
     def _check_cycles(self, by_id: dict[str, TopicRule]) -> None:
@@ -307,6 +350,9 @@ class Classifier:
         topic = self._topics[tid]
         rule = topic.rule
         result: tuple[bool, list[_Hit]] = (False, [])
+        if tid in self._positive and self._needs[tid].isdisjoint(ctx.hits):
+            ctx.topics[key] = result
+            return result
         if rule.requires is None or self._topic(ctx, rule.requires, None)[0]:
             ok, hits = False, []
             for lang, node in topic.queries.items():
@@ -326,10 +372,12 @@ class Classifier:
         self, ctx: _Context, node: object, fields: frozenset[int] | None
     ) -> tuple[bool, list[_Hit]]:
         if isinstance(node, _Leaf):
+            terms = node.terms
             found = [
-                _Hit(term, fld, start, end)
-                for pid, term in node.patterns
-                for fld, start, end in ctx.hits.get(pid, ())
+                _Hit(terms[pid], fld, start, end)
+                for pid, spots in ctx.hits.items()
+                if pid in terms
+                for fld, start, end in spots
                 if fields is None or fld in fields
             ]
             return bool(found), found

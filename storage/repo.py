@@ -300,6 +300,31 @@ class Repository:
             StoredItem(r.id, _to_item(r), r.first_seen, tuple(by_item.get(r.id, ()))) for r in rows
         ]
 
+    def replace_matches(self, changes: dict[int, tuple[Match, ...]]) -> None:
+        """Store new matches for items after the topics changed (reclassify)."""
+        table = MatchRow.__table__
+        with self.engine.begin() as conn:
+            ids = list(changes)
+            for chunk in _chunks(ids):
+                conn.execute(table.delete().where(table.c.item_id.in_(chunk)))
+            rows = [_match_row(item_id, m) for item_id, ms in changes.items() for m in ms]
+            if rows:
+                conn.execute(self._insert()(table), rows)
+
+    def add_deliveries(self, item_ids: Sequence[int], channel: str, now: datetime) -> int:
+        """Queue alerts for stored items; an item already queued for the channel is skipped."""
+        rows = [
+            {"item_id": i, "channel": channel, "status": "pending", "attempts": 0,
+             "next_attempt": now, "created": now}
+            for i in item_ids
+        ]  # fmt: skip
+        if not rows:
+            return 0
+        table = DeliveryRow.__table__
+        stmt = self._insert()(table).on_conflict_do_nothing().returning(table.c.id)
+        with self.engine.begin() as conn:
+            return len(list(conn.execute(stmt, rows)))
+
     def count_items(self, feed: str | None = None) -> int:
         with Session(self.engine) as s:
             q = select(func.count()).select_from(ItemRow)

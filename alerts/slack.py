@@ -119,7 +119,9 @@ class SlackBotSender:
     def __init__(self, token: str, base_url: str = DEFAULT_API_URL, timeout: int = 30):
         from slack_sdk import WebClient  # imported when used: it costs every CLI start 20 ms
 
-        self._client = WebClient(token=token, base_url=base_url, timeout=timeout)
+        # No retry handlers: slack-sdk's connection-error retry re-sends a message Slack
+        # may already have accepted. The outbox is the one place that retries.
+        self._client = WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=[])
 
     def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
         from slack_sdk.errors import SlackApiError
@@ -155,7 +157,7 @@ class SlackWebhookSender:
     def __init__(self, url: str, timeout: int = 30):
         from slack_sdk.webhook import WebhookClient
 
-        self._client = WebhookClient(url=url, timeout=timeout)
+        self._client = WebhookClient(url=url, timeout=timeout, retry_handlers=[])
 
     def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
         try:

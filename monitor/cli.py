@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     items.add_argument("--feed", metavar="NAME")
     items.add_argument("--limit", type=int, default=50, metavar="N")
 
+    deliveries = sub.add_parser(
+        "deliveries",
+        parents=[common, listing],
+        help="list the alert outbox: what is stuck, and why",
+    )
+    deliveries.add_argument("--status", choices=["pending", "failed", "sent"])
+    deliveries.add_argument("--limit", type=int, default=100, metavar="N")
+
     classify = sub.add_parser(
         "classify", parents=[common, listing], help="show which topics a text matches, and why"
     )
@@ -141,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_health(args)
         if args.command == "classify":
             return cmd_classify(args)
+        if args.command == "deliveries":
+            return cmd_deliveries(args)
         if args.command == "reclassify":
             return cmd_reclassify(args)
     except ConfigError as exc:
@@ -344,6 +354,28 @@ def _match_json(m: Any) -> dict[str, Any]:
         "terms": list(m.terms),
         "positions": [{"term": t, "field": f, "offset": o} for t, f, o in m.positions],
     }
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    _load(args)  # a broken feeds.yaml is reported here too
+    rows = [
+        {
+            "id": d.id,
+            "status": d.status,
+            "channel": d.channel,
+            "attempts": d.attempts,
+            "next_attempt": d.next_attempt.isoformat() if d.status == "pending" else None,
+            "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+            "item": d.item_id,
+            "feed": d.feed,
+            "title": d.title,
+            "error": d.last_error,
+        }
+        for d in _repo().deliveries(args.status, args.limit)
+    ]
+    columns = ["id", "status", "channel", "attempts", "next_attempt", "feed", "title", "error"]
+    _print_rows(rows, args.format, columns)
+    return EXIT_OK
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

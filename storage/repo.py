@@ -63,6 +63,8 @@ class DeliveryRecord:
     last_error: str | None
     next_attempt: datetime
     sent_at: datetime | None
+    feed: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +377,12 @@ class Repository:
 
     def deliveries(self, status: str | None = None, limit: int = 1000) -> list[DeliveryRecord]:
         with Session(self.engine) as s:
-            q = select(DeliveryRow).order_by(DeliveryRow.id.desc()).limit(limit)
+            q = (
+                select(DeliveryRow, ItemRow.feed, ItemRow.title)
+                .join(ItemRow, ItemRow.id == DeliveryRow.item_id)
+                .order_by(DeliveryRow.id.desc())
+                .limit(limit)
+            )
             if status is not None:
                 q = q.where(DeliveryRow.status == status)
             return [
@@ -388,8 +395,10 @@ class Repository:
                     d.last_error,
                     d.next_attempt,
                     d.sent_at,
+                    feed,
+                    title,
                 )
-                for d in s.execute(q).scalars()
+                for d, feed, title in s.execute(q)
             ]
 
     def delivery_counts(self) -> dict[str, int]:

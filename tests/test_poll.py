@@ -237,7 +237,7 @@ def test_webhook_receives_block_kit_alerts(
 
 def test_permanent_slack_error_marks_delivery_failed(
     feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     _bot(monkeypatch, slack_server)
     config = write_config(
@@ -246,8 +246,14 @@ def test_permanent_slack_error_marks_delivery_failed(
     )  # fmt: skip
     assert poll(config) == 0
     assert repo().delivery_counts() == {"failed": 5}
-    assert "channel not found" in repo().deliveries("failed")[0].last_error
     assert slack_server.calls == []
+    capsys.readouterr()
+    assert (
+        main(["deliveries", "--config", str(config), "--status", "failed", "--format", "json"]) == 0
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 5 and all(r["status"] == "failed" and r["title"] for r in rows)
+    assert all("channel not found (channel_not_found)" in r["error"] for r in rows)
 
 
 def test_poll_unknown_feed_is_bad_usage(tmp_path: Path, feed_server: FeedServer) -> None:

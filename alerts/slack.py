@@ -220,10 +220,11 @@ class SlackSettings:
             api_url=env.get("REELWATCH_SLACK_API_URL") or DEFAULT_API_URL,
         )
 
-    def alert_channel(self, default_channel: str | None) -> str:
-        """Where new alerts go: the bot's default channel, the webhook, else the console."""
-        if self.bot_token and default_channel:
-            return default_channel
+    @property
+    def transport(self) -> str:
+        """bot (any channel), webhook (its one channel) or console (no Slack set up)."""
+        if self.bot_token:
+            return "bot"
         if self.webhook_url:
             return "webhook"
         return "console"

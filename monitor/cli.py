@@ -184,8 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     slack = SlackSettings.from_env()
     try:
         with exclusive_run(repo.engine):
-            channel = slack.alert_channel(config.slack.default_channel)
-            poller = Poller(config, repo, alert_channel=channel)
+            poller = Poller(config, repo, router=_router(config, slack))
             asyncio.run(Service(config, poller, slack).run())
     except DatabaseLockedError as exc:
         print(f"reelwatch run: {exc}", file=sys.stderr)
@@ -218,8 +217,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     slack = SlackSettings.from_env()
     try:
         with exclusive_run(repo.engine):
-            channel = slack.alert_channel(config.slack.default_channel)
-            poller = Poller(config, repo, alert_channel=channel)
+            poller = Poller(config, repo, router=_router(config, slack))
             summary = asyncio.run(_poll_with_progress(poller, feeds))
             sent = dispatch_pending(repo, slack.sender_for, utcnow(), limit=10_000)
     except DatabaseLockedError as exc:
@@ -247,6 +245,17 @@ async def _poll_with_progress(poller: Any, feeds: list[Any]) -> Any:
     finally:
         bar.close()
         await poller.aclose()
+
+
+def _router(config: Config, slack: Any) -> Any:
+    from alerts.routing import make_router
+
+    if slack.transport == "bot" and not config.slack.default_channel:
+        log.warning(
+            "REELWATCH_SLACK_BOT_TOKEN is set but slack.default_channel is not: relevant "
+            "items that no route takes will not alert"
+        )
+    return make_router(config.slack, slack.transport)
 
 
 def _fmt_time(value: datetime | None) -> str:
@@ -442,8 +451,16 @@ def cmd_reclassify(args: argparse.Namespace) -> int:
         return EXIT_OK
     repo.replace_matches(changes)
     if args.alert and newly_relevant:
-        channel = SlackSettings.from_env().alert_channel(config.slack.default_channel)
-        added = repo.add_deliveries(newly_relevant, channel, utcnow())
+        router = _router(config, SlackSettings.from_env())
+        by_id = {s.id: s for s in stored}
+        added = repo.add_deliveries(
+            [
+                (i, ch)
+                for i in newly_relevant
+                for ch in router.channels(by_id[i].item.feed, changes[i])
+            ],
+            utcnow(),
+        )
         print(f"{added} alerts queued for items that became relevant")
     return EXIT_OK
 

@@ -183,10 +183,20 @@ class Watchlist(_Model):
     entities: list[Entity]
 
 
+class SlackRoute(_Model):
+    topics: list[str] = []  # items matching any of these topics...
+    feeds: list[str] = []  # ...and, when given, coming from one of these feeds
+    channel: str
+    min_score: float | None = None  # default: slack.min_score
+
+
 class SlackConfig(_Model):
     # Where alerts go when a bot token is set (REELWATCH_SLACK_BOT_TOKEN).
     # A webhook (REELWATCH_SLACK_WEBHOOK_URL) posts to its own fixed channel.
     default_channel: str | None = None
+    min_score: float = Field(default=0.0, ge=0)
+    burst: int = Field(default=10, ge=1)  # more alerts than this for a channel at once: a summary
+    routes: list[SlackRoute] = []
 
 
 class DigestConfig(_Model):
@@ -384,6 +394,16 @@ def _cross_checks(filename: str, data: Any, config: Config) -> Iterator[ConfigPr
         yield ConfigProblem(
             filename, line + 1, col + 1, _key_path(found or loc), str(exc).split(": ", 1)[1]
         )
+    feed_names = {f.name for f in config.feeds}
+    for i, route in enumerate(config.slack.routes):
+        if not route.topics and not route.feeds:
+            yield at(("slack", "routes", i), "a route needs topics: or feeds:")
+        for j, topic in enumerate(route.topics):
+            if topic not in config.topics:
+                yield at(("slack", "routes", i, "topics", j), f"unknown topic {topic!r}")
+        for j, feed in enumerate(route.feeds):
+            if feed not in feed_names:
+                yield at(("slack", "routes", i, "feeds", j), f"unknown feed {feed!r}")
     for name, digest in config.digests.items():
         for j, topic in enumerate(digest.topics):
             if topic not in config.topics:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from alerts.routing import Router
 from monitor.config import Config, FeedConfig
 from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
@@ -97,13 +98,13 @@ class Poller:
         config: Config,
         repo: Repository,
         *,
-        alert_channel: str | None,
+        router: Router | None,
         clock: Callable[[], datetime] = utcnow,
         parse_workers: int | None = None,
     ):
         self.config = config
         self.repo = repo
-        self.alert_channel = alert_channel
+        self.router = router
         self.clock = clock
         d = config.defaults
         self.fetcher = Fetcher(
@@ -199,9 +200,7 @@ class Poller:
             state, outcome, interval=self.config.interval(feed),
             max_backoff=self.config.defaults.max_backoff, now=now,
         )  # fmt: skip
-        stored = await self._store(
-            PollWrite(feed.name, feed.url, update, parsed, self.alert_channel, now)
-        )
+        stored = await self._store(PollWrite(feed.name, feed.url, update, parsed, self.router, now))
         if isinstance(stored, Exception):
             log.error("storing the poll failed feed=%s error=%r", feed.name, str(stored))
             return FeedReport(feed.name, "failed", error=f"storage error: {stored}", ms=ms)

@@ -41,7 +41,7 @@ class PollWrite:
     url: str
     update: FeedUpdate
     parsed: ParsedFeed | None
-    channel: str | None
+    router: Any  # alerts.routing.Router: which channels a matching item alerts (None: none)
     now: datetime
 
 
@@ -138,12 +138,13 @@ class Repository:
         url: str,
         update_: FeedUpdate,
         parsed: ParsedFeed | None,
-        channel: str | None,
+        router: Any,
         now: datetime,
     ) -> StoreResult:
         """Record a poll in one transaction: the feed's state, its new items, their
-        matches and, for matching items, a pending delivery to `channel` (the outbox)."""
-        (result,) = self.store_polls([PollWrite(feed, url, update_, parsed, channel, now)])
+        matches and, for matching items, a pending delivery per channel the router
+        names (the outbox)."""
+        (result,) = self.store_polls([PollWrite(feed, url, update_, parsed, router, now)])
         if isinstance(result, Exception):
             raise result
         return result
@@ -171,7 +172,7 @@ class Repository:
         self._save_feed_state(conn, p.feed, p.url, p.update, p.parsed.title if p.parsed else None)
         if p.parsed is None or not p.parsed.items:
             return StoreResult()
-        return self._store_items(conn, p.feed, p.parsed, p.channel, p.now)
+        return self._store_items(conn, p.feed, p.parsed, p.router, p.now)
 
     def _save_feed_state(
         self, conn: Connection, feed: str, url: str, u: FeedUpdate, title: str | None
@@ -198,7 +199,7 @@ class Repository:
         conn.execute(stmt)
 
     def _store_items(
-        self, conn: Connection, feed: str, parsed: ParsedFeed, channel: str | None, now: datetime
+        self, conn: Connection, feed: str, parsed: ParsedFeed, router: Any, now: datetime
     ) -> StoreResult:
         items = parsed.items
         table = ItemRow.__table__
@@ -248,7 +249,7 @@ class Repository:
         for identity, item_id in new_ids.items():
             matches = parsed.matches.get(identity, ())
             match_rows += [_match_row(item_id, m) for m in matches]
-            if matches and channel:
+            for channel in router.channels(feed, matches) if matches and router else ():
                 delivery_rows.append(
                     {
                         "item_id": item_id,
@@ -313,12 +314,12 @@ class Repository:
             if rows:
                 conn.execute(self._insert()(table), rows)
 
-    def add_deliveries(self, item_ids: Sequence[int], channel: str, now: datetime) -> int:
-        """Queue alerts for stored items; an item already queued for the channel is skipped."""
+    def add_deliveries(self, targets: Sequence[tuple[int, str]], now: datetime) -> int:
+        """Queue alerts for stored items, (item id, channel) each; one already queued is skipped."""
         rows = [
             {"item_id": i, "channel": channel, "status": "pending", "attempts": 0,
              "next_attempt": now, "created": now}
-            for i in item_ids
+            for i, channel in targets
         ]  # fmt: skip
         if not rows:
             return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from alerts.routing import Router
 from monitor.cli import main
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
@@ -15,6 +16,8 @@ from tests.conftest import fixture, write_config
 from tests.servers import FeedServer
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+AI_NEWS = Router(default_channel="#ai-news", transport="bot")
+CONSOLE = Router(default_channel="console", transport="console")
 
 
 def update(now: datetime = NOW) -> FeedUpdate:
@@ -56,11 +59,11 @@ def repo(database_url: str) -> Repository:
 def test_store_poll_is_idempotent_and_writes_the_outbox(repo: Repository) -> None:
     batch = items(1200)  # more than one insert chunk
     result = repo.store_poll(
-        "thr", "https://thr.example/feed", update(), parsed(batch, {"g1", "g2"}), "#ai-news", NOW
+        "thr", "https://thr.example/feed", update(), parsed(batch, {"g1", "g2"}), AI_NEWS, NOW
     )
     assert (result.new_items, result.new_matches, result.new_deliveries) == (1200, 2, 2)
     again = repo.store_poll(
-        "thr", "https://thr.example/feed", update(), parsed(batch, {"g1", "g2"}), "#ai-news", NOW
+        "thr", "https://thr.example/feed", update(), parsed(batch, {"g1", "g2"}), AI_NEWS, NOW
     )
     assert (again.new_items, again.new_matches, again.new_deliveries) == (0, 0, 0)
     assert repo.count_items() == 1200
@@ -88,7 +91,7 @@ def test_a_new_guid_for_a_known_url_is_not_a_new_item(repo: Repository) -> None:
 
 
 def test_items_round_trip_with_utc_times_and_matches(repo: Repository) -> None:
-    repo.store_poll("thr", "u", update(), parsed(items(5), {"g0"}), "console", NOW)
+    repo.store_poll("thr", "u", update(), parsed(items(5), {"g0"}), CONSOLE, NOW)
     stored = repo.list_items(topic="ai")
     assert len(stored) == 1
     (one,) = stored
@@ -99,7 +102,7 @@ def test_items_round_trip_with_utc_times_and_matches(repo: Repository) -> None:
 
 
 def test_outbox_retry_and_sent_are_exact(repo: Repository) -> None:
-    repo.store_poll("thr", "u", update(), parsed(items(3), {"g0", "g1"}), "#ai-news", NOW)
+    repo.store_poll("thr", "u", update(), parsed(items(3), {"g0", "g1"}), AI_NEWS, NOW)
     first, second = repo.pending_deliveries(NOW)
     repo.mark_delivery_sent(first.id, NOW)
     repo.mark_delivery_retry(second.id, "Slack answered HTTP 500", NOW + timedelta(minutes=1))

@@ -94,6 +94,39 @@ def render_alert(
     return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
 
 
+SUMMARY_MAX_STORIES = 40  # and a header and a footer: under Slack's 50 blocks
+
+
+def render_summary(
+    stories: Sequence[tuple[Item, Sequence[Match]]], feed_titles: Mapping[str, str] | None = None
+) -> SlackMessage:
+    """Many alerts for one channel at once become one message listing them."""
+    titles = feed_titles or {}
+    shown = stories[:SUMMARY_MAX_STORIES]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{len(stories)} new stories*"}}
+    ]
+    lines = []
+    for item, matches in shown:
+        title = escape(_cut(item.title, 200))
+        link = safe_link(item.url)
+        head = f"<{link}|{title}>" if link else title
+        outlet = escape(titles.get(item.feed, item.feed))
+        topics = ", ".join(escape(m.topic) for m in matches)
+        line = f"• {head} ({outlet}{f' · {item.language}' if item.language else ''}) · {topics}"
+        lines.append(line)
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": _cut(line, SECTION_MAX)}}
+        )
+    if len(stories) > len(shown):
+        more = f"…and {len(stories) - len(shown)} more: `reelwatch items --since 1d`"
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
+    text = f"{len(stories)} new stories: " + "; ".join(
+        escape(_cut(item.title, 100)) for item, _ in shown
+    )
+    return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
+
+
 def _api_error(exc: Any) -> tuple[str, int | None, Mapping[str, Any]]:
     response = exc.response
     if isinstance(response, Mapping):  # slack-sdk hands a dict when the body was not JSON

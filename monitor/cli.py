@@ -219,7 +219,9 @@ def cmd_poll(args: argparse.Namespace) -> int:
         with exclusive_run(repo.engine):
             poller = Poller(config, repo, router=_router(config, slack))
             summary = asyncio.run(_poll_with_progress(poller, feeds))
-            sent = dispatch_pending(repo, slack.sender_for, utcnow(), limit=10_000)
+            sent = dispatch_pending(
+                repo, slack.sender_for, utcnow(), limit=10_000, burst=config.slack.burst
+            )
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
         return EXIT_FAILURE

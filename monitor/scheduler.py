@@ -12,7 +12,7 @@ from datetime import timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from alerts.outbox import dispatch_pending
+from alerts.outbox import Pacer, dispatch_pending
 from alerts.slack import SlackSettings
 from monitor.config import Config, FeedConfig
 from monitor.decide import is_due
@@ -36,6 +36,7 @@ class Service:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
         self._stop = asyncio.Event()
+        self._pacer = Pacer()
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,7 +114,10 @@ class Service:
     async def dispatch(self) -> None:
         repo = self.poller.repo
         # its own thread: a slow Slack must not hold up the thread that stores polls
-        report = await asyncio.to_thread(dispatch_pending, repo, self.slack.sender_for, utcnow())
+        report = await asyncio.to_thread(
+            dispatch_pending, repo, self.slack.sender_for, utcnow(),
+            burst=self.config.slack.burst, pacer=self._pacer,
+        )  # fmt: skip
         if report.sent or report.retrying or report.failed:
             log.info(
                 "deliveries sent=%d retrying=%d failed=%d",

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     items.add_argument("--feed", metavar="NAME")
     items.add_argument("--limit", type=int, default=50, metavar="N")
 
+    slack = sub.add_parser("slack", help="check the Slack set-up")
+    slack_sub = slack.add_subparsers(dest="slack_command", required=True, metavar="COMMAND")
+    slack_test = slack_sub.add_parser(
+        "test", parents=[common], help="send a test message and say what Slack answered"
+    )
+    slack_test.add_argument("--channel", help="default: slack.default_channel")
+
     deliveries = sub.add_parser(
         "deliveries",
         parents=[common, listing],
@@ -151,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_classify(args)
         if args.command == "deliveries":
             return cmd_deliveries(args)
+        if args.command == "slack":
+            return cmd_slack_test(args)
         if args.command == "reclassify":
             return cmd_reclassify(args)
     except ConfigError as exc:
@@ -365,6 +374,38 @@ def _match_json(m: Any) -> dict[str, Any]:
         "terms": list(m.terms),
         "positions": [{"term": t, "field": f, "offset": o} for t, f, o in m.positions],
     }
+
+
+def cmd_slack_test(args: argparse.Namespace) -> int:
+    from alerts.slack import SlackMessage, SlackSettings
+    from monitor.errors import DeliveryError
+
+    config = _load(args)
+    slack = SlackSettings.from_env()
+    if slack.transport == "console":
+        print(
+            "Slack is not set up: set REELWATCH_SLACK_BOT_TOKEN (and slack.default_channel "
+            "in feeds.yaml) or REELWATCH_SLACK_WEBHOOK_URL",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    channel = "webhook"
+    if slack.transport == "bot":
+        channel = args.channel or config.slack.default_channel or ""
+        if not channel:
+            print("no channel: pass --channel or set slack.default_channel", file=sys.stderr)
+            return EXIT_USAGE
+    text = "reelwatch test message: alerts will arrive here."
+    message = SlackMessage(text, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}])
+    try:
+        slack.sender_for(channel).send(channel, message)
+    except DeliveryError as exc:
+        where = "the webhook" if channel == "webhook" else channel
+        print(f"Slack refused the test message for {where}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    where = "the webhook's channel" if channel == "webhook" else channel
+    print(f"ok: Slack accepted the test message in {where}")
+    return EXIT_OK
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:

@@ -149,6 +149,9 @@ class _SlackHandler(BaseHTTPRequestHandler):
                 self._json({"ok": False, "error": "invalid_auth"})
                 return
             channel = payload.get("channel")
+            if channel in owner.outside:
+                self._json({"ok": False, "error": "not_in_channel"})
+                return
             if channel not in owner.channels:
                 self._json({"ok": False, "error": "channel_not_found"})
                 return
@@ -180,6 +183,7 @@ class SlackServer:
 
     def __init__(self, channels: tuple[str, ...] = ("#ai-news", "#policy")) -> None:
         self.channels = set(channels)
+        self.outside = {"#private"}  # exists, but the bot was not invited
         self.calls: list[SlackCall] = []  # accepted messages
         self.attempts: list[SlackCall] = []  # every request, accepted or not
         self.failures: list[tuple[int, bytes, dict[str, str]]] = []  # answers to force, in order

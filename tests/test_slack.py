@@ -1,0 +1,197 @@
+"""Slack delivery: routing, pacing, bursts, rate limits, and `reelwatch slack test`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from alerts.outbox import Pacer, dispatch_pending
+from alerts.routing import Route, Router
+from alerts.slack import SlackSettings
+from monitor.cli import main
+from monitor.types import FeedUpdate, Item, Match, ParsedFeed
+from storage import Repository, make_engine
+from tests.servers import SlackServer
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def m(topic: str, score: float = 2.0) -> Match:
+    return Match(topic, ("AI",), score)
+
+
+ROUTER = Router(
+    routes=(
+        Route(frozenset({"labor_unions", "law_regulation"}), frozenset(), "#policy", 0.0),
+        Route(frozenset({"music"}), frozenset({"billboard"}), "#music", 2.0),
+        Route(frozenset({"zebra"}), frozenset(), "#zoo", 0.0),
+    ),
+    default_channel="#ai-news",
+    transport="bot",
+)
+
+
+@pytest.mark.parametrize(
+    "feed, matches, channels",
+    [
+        ("thr", [m("ai_entertainment")], ["#ai-news"]),
+        ("thr", [m("ai_entertainment"), m("labor_unions")], ["#policy"]),
+        ("thr", [m("ai_entertainment"), m("labor_unions"), m("law_regulation")], ["#policy"]),
+        ("billboard", [m("ai_entertainment"), m("music", 2)], ["#music"]),
+        ("billboard", [m("ai_entertainment"), m("music", 1)], ["#ai-news"]),  # below min_score
+        ("variety", [m("ai_entertainment"), m("music")], ["#ai-news"]),  # not from billboard
+        ("thr", [m("zebra")], ["#zoo"]),  # a topic of one's own
+        ("billboard", [m("music"), m("labor_unions")], ["#policy", "#music"]),
+        ("thr", [], []),
+    ],
+)
+def test_routing(feed: str, matches: list[Match], channels: list[str]) -> None:
+    assert ROUTER.channels(feed, matches) == channels
+
+
+def test_webhook_and_console_have_one_channel() -> None:
+    webhook = Router(ROUTER.routes, "webhook", transport="webhook")
+    assert webhook.channels("billboard", [m("music"), m("labor_unions")]) == ["webhook"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 3))
+        self.now += seconds
+
+
+def test_pacer_keeps_one_message_per_second_per_channel() -> None:
+    clock = FakeClock()
+    pacer = Pacer(1.0, clock, clock.sleep)
+    for channel in ["#a", "#a", "#b", "#a", "console", "console"]:
+        pacer.wait(channel)
+        clock.now += 0.1
+    assert clock.slept == [0.9, 0.8]  # the second #a waits; #b and the console never do
+
+
+def store(repo: Repository, n: int, router: Router) -> None:
+    items = tuple(
+        Item(
+            "thr",
+            f"g{i}",
+            None,
+            f"https://thr.example/{i}",
+            f"Story {i} <!channel>",
+            "s",
+            NOW,
+            "en",
+        )
+        for i in range(n)
+    )
+    matches = {i.identity: (m("ai_entertainment"),) for i in items}
+    update = FeedUpdate("ok", 200, None, None, None, None, 0, NOW, NOW, NOW, False, 1)
+    repo.store_poll("thr", "u", update, ParsedFeed("THR", "en", items, matches), router, NOW)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    r = Repository(make_engine(f"sqlite:///{tmp_path}/r.db"))
+    r.create_schema()
+    return r
+
+
+def bot(slack_server: SlackServer) -> SlackSettings:
+    return SlackSettings(None, slack_server.token, slack_server.api_url)
+
+
+def test_a_burst_becomes_one_summary(repo: Repository, slack_server: SlackServer) -> None:
+    store(repo, 12, Router(default_channel="#ai-news", transport="bot"))
+    report = dispatch_pending(repo, bot(slack_server).sender_for, NOW, burst=10)
+    assert report.sent == 12
+    (call,) = slack_server.calls
+    assert call.payload["text"].startswith("12 new stories")
+    assert len(call.payload["blocks"]) <= 50
+    assert "<!channel>" not in json.dumps(call.payload)
+    assert repo.delivery_counts() == {"sent": 12}
+
+
+def test_429_waits_for_retry_after_from_the_outbox(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, 1, Router(default_channel="#ai-news", transport="bot"))
+    slack_server.fail_next(
+        429, b'{"ok": false, "error": "ratelimited"}',
+        {"Content-Type": "application/json", "Retry-After": "30"},
+    )  # fmt: skip
+    report = dispatch_pending(repo, bot(slack_server).sender_for, NOW)
+    assert report.retrying == 1
+    (pending,) = repo.deliveries("pending")
+    assert pending.next_attempt == NOW + timedelta(seconds=30)
+    assert "rate limited" in pending.last_error
+    assert (
+        dispatch_pending(repo, bot(slack_server).sender_for, NOW + timedelta(seconds=29)).sent == 0
+    )
+    assert (
+        dispatch_pending(repo, bot(slack_server).sender_for, NOW + timedelta(seconds=30)).sent == 1
+    )
+    assert len(slack_server.calls) == 1
+
+
+def test_not_in_channel_is_permanent_and_said_plainly(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, 1, Router(default_channel="#private", transport="bot"))
+    assert dispatch_pending(repo, bot(slack_server).sender_for, NOW).failed == 1
+    (failed,) = repo.deliveries("failed")
+    assert "invite it with /invite" in failed.last_error
+
+
+def cli(config: Path, *args: str) -> int:
+    return main(["slack", "test", "--config", str(config), *args])
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "feeds.yaml"
+    path.write_text('feeds: []\nslack:\n  default_channel: "#ai-news"\n')
+    return path
+
+
+def test_slack_test_reports_in_plain_words(
+    config: Path, slack_server: SlackServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert cli(config) == 1
+    assert "Slack is not set up" in capsys.readouterr().err
+    monkeypatch.setenv("REELWATCH_SLACK_API_URL", slack_server.api_url)
+    monkeypatch.setenv("REELWATCH_SLACK_BOT_TOKEN", "xoxb-wrong")
+    assert cli(config) == 1
+    assert (
+        "the bot token is invalid (REELWATCH_SLACK_BOT_TOKEN) (invalid_auth)"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setenv("REELWATCH_SLACK_BOT_TOKEN", slack_server.token)
+    assert cli(config, "--channel", "#nowhere") == 1
+    assert "channel not found" in capsys.readouterr().err
+    assert cli(config, "--channel", "#private") == 1
+    assert "not in this channel" in capsys.readouterr().err
+    assert cli(config) == 0
+    assert "ok: Slack accepted the test message in #ai-news" in capsys.readouterr().out
+    assert slack_server.calls[-1].payload["channel"] == "#ai-news"
+
+
+def test_slack_test_through_a_webhook(
+    config: Path, slack_server: SlackServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("REELWATCH_SLACK_WEBHOOK_URL", slack_server.webhook_url)
+    slack_server.fail_next(404, b"no_service", {"Content-Type": "text/plain"})
+    assert cli(config) == 1
+    err = capsys.readouterr().err
+    assert "revoked or deleted" in err and slack_server.webhook_url not in err  # a secret
+    assert cli(config) == 0

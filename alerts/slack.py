@@ -67,6 +67,15 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def _topics(matches: Sequence[Match]) -> str:
+    # topic ids come from feeds.yaml; as code, their underscores cannot italicise
+    return ", ".join(f"`{_inert(m.topic)}`" for m in matches) or "-"
+
+
+def _inert(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
+
+
 def render_alert(
     item: Item, matches: Sequence[Match], feed_title: str | None = None
 ) -> SlackMessage:
@@ -76,7 +85,7 @@ def render_alert(
     outlet = escape(feed_title or item.feed)
     when = item.published.strftime("%d %b %Y %H:%M UTC")
     lang = f" · {item.language}" if item.language else ""
-    topics = ", ".join(escape(m.topic) for m in matches) or "-"
+    topics = _topics(matches)
     terms = ", ".join(dict.fromkeys(escape(t) for m in matches for t in m.terms))
     snippet = escape(_cut(item.summary, SNIPPET_MAX))
     body = headline + (f"\n{snippet}" if snippet else "")
@@ -112,7 +121,7 @@ def render_summary(
         link = safe_link(item.url)
         head = f"<{link}|{title}>" if link else title
         outlet = escape(titles.get(item.feed, item.feed))
-        topics = ", ".join(escape(m.topic) for m in matches)
+        topics = _topics(matches)
         line = f"• {head} ({outlet}{f' · {item.language}' if item.language else ''}) · {topics}"
         lines.append(line)
         blocks.append(

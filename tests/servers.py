@@ -134,6 +134,11 @@ class _SlackHandler(BaseHTTPRequestHandler):
         with owner.lock:
             owner.attempts.append(call)
             forced = owner.failures.pop(0) if owner.failures else None
+        if forced == "reset":  # hang up without an answer, after reading the request
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        time.sleep(owner.delay)
         if forced is not None:
             status, body, headers = forced
             self._send(status, body, headers)
@@ -186,7 +191,8 @@ class SlackServer:
         self.outside = {"#private"}  # exists, but the bot was not invited
         self.calls: list[SlackCall] = []  # accepted messages
         self.attempts: list[SlackCall] = []  # every request, accepted or not
-        self.failures: list[tuple[int, bytes, dict[str, str]]] = []  # answers to force, in order
+        self.failures: list = []  # answers to force, in order: (status, body, headers) or "reset"
+        self.delay = 0.0  # seconds before each answer
         self.lock = threading.Lock()
         self._server = _start(_SlackHandler, self)
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"

@@ -95,3 +95,34 @@ def test_run_polls_alerts_refuses_a_second_run_and_stops_cleanly(
     assert code == 0, out
     assert len(slack_server.calls) == sent
     assert len(feed_server.seen("/ars.xml")) == requests_before
+
+
+def test_sigkill_mid_dispatch_loses_nothing_and_repeats_at_most_one(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path,
+        {"ars": feed_server.add("/ars.xml", fixture("arstechnica_2024-04-01_rss2.xml"))},
+        extra='slack:\n  default_channel: "#ai-news"\n',
+    )
+    slack_server.delay = 0.3  # Slack is slow: the kill lands while a message is in flight
+    proc = start(config, slack_server)
+    try:
+        assert wait_for(lambda: len(slack_server.attempts) >= 2)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up of any kind
+        proc.wait(timeout=10)
+    repo = Repository(make_engine())
+    relevant = {s.item.title for s in repo.list_items(limit=None) if s.matches}
+    assert len(relevant) == 5
+    assert repo.delivery_counts().get("pending", 0) >= 1  # killed before it finished
+
+    proc = start(config, slack_server)
+    try:
+        assert wait_for(lambda: repo.delivery_counts() == {"sent": 5})
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    delivered = [c.payload["text"] for c in slack_server.calls]
+    assert {t for t in relevant if any(t in d for d in delivered)} == relevant  # none lost
+    assert len(delivered) - len(set(delivered)) <= 1  # at most the one in flight repeated

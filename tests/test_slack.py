@@ -195,3 +195,54 @@ def test_slack_test_through_a_webhook(
     err = capsys.readouterr().err
     assert "revoked or deleted" in err and slack_server.webhook_url not in err  # a secret
     assert cli(config) == 0
+
+
+def test_a_connection_reset_is_retried_later_and_sent_once(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, 1, Router(default_channel="#ai-news", transport="bot"))
+    slack_server.failures.append("reset")
+    assert dispatch_pending(repo, bot(slack_server).sender_for, NOW).retrying == 1
+    assert len(slack_server.attempts) == 1  # slack-sdk did not retry behind the outbox's back
+    (pending,) = repo.deliveries("pending")
+    assert "cannot reach Slack" in pending.last_error
+    later = NOW + timedelta(minutes=1)
+    assert dispatch_pending(repo, bot(slack_server).sender_for, later).sent == 1
+    assert len(slack_server.calls) == 1
+
+
+def test_slack_receives_exactly_this_json(repo: Repository, slack_server: SlackServer) -> None:
+    title = "<!here> Lionsgate *signs* <@U1>"
+    url = "https://thr.example/a?x=1&y=2"
+    item = Item("thr", "g", None, url, title, "Deal & <b>more</b>", NOW, "en")
+    update = FeedUpdate("ok", 200, None, None, None, None, 0, NOW, NOW, NOW, False, 1)
+    parsed = ParsedFeed("THR", "en", (item,), {"g": (Match("ai_entertainment", ("AI",), 2.0),)})
+    router = Router(default_channel="#ai-news", transport="bot")
+    repo.store_poll("thr", "u", update, parsed, router, NOW)
+    dispatch_pending(repo, bot(slack_server).sender_for, NOW)
+    (call,) = slack_server.calls
+    zwj = "\u200d"
+    title = f"&lt;!here&gt; Lionsgate *{zwj}signs*{zwj} &lt;@U1&gt;"
+    assert call.payload == {
+        "channel": "#ai-news",
+        "text": f"{title} (thr · en) https://thr.example/a?x=1&y=2 [`ai_entertainment`]",
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"*<https://thr.example/a?x=1&y=2|{title}>*\n"
+                    "Deal &amp; &lt;b&gt;more&lt;/b&gt;",
+                },
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": "thr · en · 25 Nov 2026 12:00 UTC"},
+                    {"type": "mrkdwn", "text": "Topics: `ai_entertainment` · why: AI"},
+                ],
+            },
+        ],
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     feeds_sub.add_parser(
         "check", parents=[common, listing], help="validate feeds.yaml and show each feed's state"
     )
+    feeds_sub.add_parser(
+        "status", parents=[common, listing], help="each feed's health: failures, silence, volume"
+    )
 
     items = sub.add_parser("items", parents=[common, listing], help="list stored items")
     items.add_argument("--since", type=_duration_arg, default=timedelta(days=7), metavar="AGE",
@@ -148,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "poll":
             return cmd_poll(args)
+        if args.command == "feeds" and args.feeds_command == "status":
+            return cmd_feeds_status(args)
         if args.command == "feeds":
             return cmd_feeds_check(args)
         if args.command == "items":
@@ -322,6 +327,48 @@ def cmd_feeds_check(args: argparse.Namespace) -> int:
             }
         )
     _print_rows(rows, args.format, list(rows[0]) if rows else ["name"])
+    return EXIT_OK
+
+
+def cmd_feeds_status(args: argparse.Namespace) -> int:
+    from monitor.decide import health_flags
+    from monitor.pipeline import utcnow
+
+    config = _load(args)
+    repo = _repo()
+    now = utcnow()
+    window = timedelta(days=30)
+    states = repo.feed_states()
+    activity = repo.feed_activity(now - window, now - timedelta(days=7))
+    rows = []
+    for feed in config.feeds:
+        st = states.get(feed.name) if feed.enabled else None
+        act = activity.get(feed.name)
+        flags = health_flags(
+            st, items_in_window=act.items_window if act else 0, window=window,
+            last_new_item=act.last_new_item if act else None, now=now,
+        ) if feed.enabled else ["disabled in feeds.yaml"]  # fmt: skip
+        rows.append(
+            {
+                "name": feed.name,
+                "status": st.last_status if st else None,
+                "last_success": st.last_success.isoformat() if st and st.last_success else None,
+                "failures": st.consecutive_failures if st else 0,
+                "error": st.last_error if st else None,
+                "items_7d": act.items_recent if act else 0,
+                "matches_7d": act.matched_recent if act else 0,
+                "mean_ms": round(st.mean_poll_ms) if st and st.mean_poll_ms is not None else None,
+                "next_poll": st.next_poll.isoformat() if st and st.next_poll else None,
+                "flags": flags,
+            }
+        )
+    if args.format == "table":
+        for row in rows:
+            for key in ("last_success", "next_poll"):
+                row[key] = row[key][:16].replace("T", " ") if row[key] else None
+    columns = ["name", "status", "last_success", "failures", "items_7d", "matches_7d",
+               "mean_ms", "next_poll", "flags", "error"]  # fmt: skip
+    _print_rows(rows, args.format, columns)
     return EXIT_OK
 
 

@@ -72,3 +72,42 @@ def decide_feed_update(
         elapsed_ms=outcome.elapsed_ms,
         title=prev.title if prev else None,
     )
+
+
+FAILING_FLAG_AFTER = timedelta(days=1)
+SILENT_MIN = timedelta(days=1)
+
+
+def health_flags(
+    state: FeedState | None,
+    *,
+    items_in_window: int,
+    window: timedelta,
+    last_new_item: datetime | None,
+    now: datetime,
+) -> list[str]:
+    """What a user should look at: a feed failing for more than a day, or silent for
+    much longer than its usual rhythm (five times its mean gap between new items)."""
+    flags = []
+    if state is None:
+        return ["never polled"]
+    if state.disabled:
+        flags.append("disabled (gone)")
+    elif state.consecutive_failures and (
+        state.last_success is None or now - state.last_success > FAILING_FLAG_AFTER
+    ):
+        if state.last_success is None:
+            flags.append("failing (never succeeded)")
+        else:
+            flags.append(f"failing ({(now - state.last_success).days}d)")
+    if last_new_item is not None and items_in_window >= 3:
+        rhythm = window / items_in_window
+        quiet = now - last_new_item
+        if quiet > max(5 * rhythm, SILENT_MIN):
+            flags.append(f"silent for {quiet.days}d (usually every {_human(rhythm)})")
+    return flags
+
+
+def _human(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.0f}h" if hours < 48 else f"{hours / 24:.0f}d"

@@ -34,6 +34,14 @@ class StoreResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedActivity:
+    items_window: int  # new items in the long window (for the feed's usual rhythm)
+    items_recent: int
+    matched_recent: int
+    last_new_item: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class PollWrite:
     """Everything one poll stores."""
 
@@ -327,6 +335,41 @@ class Repository:
         stmt = self._insert()(table).on_conflict_do_nothing().returning(table.c.id)
         with self.engine.begin() as conn:
             return len(list(conn.execute(stmt, rows)))
+
+    def feed_activity(self, since: datetime, recent: datetime) -> dict[str, FeedActivity]:
+        """Per feed: new items since `since` and since `recent`, matched items since `recent`,
+        and when it last gave a new item."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(
+                    ItemRow.feed,
+                    func.count(),
+                    func.sum(case((ItemRow.first_seen >= recent, 1), else_=0)),
+                    func.max(ItemRow.first_seen),
+                )
+                .where(ItemRow.first_seen >= since)
+                .group_by(ItemRow.feed)
+            ).all()
+            matched = dict(
+                s.execute(
+                    select(ItemRow.feed, func.count(func.distinct(ItemRow.id)))
+                    .join(MatchRow, MatchRow.item_id == ItemRow.id)
+                    .where(ItemRow.first_seen >= recent)
+                    .group_by(ItemRow.feed)
+                ).all()
+            )
+            last_any = dict(
+                s.execute(
+                    select(ItemRow.feed, func.max(ItemRow.first_seen)).group_by(ItemRow.feed)
+                ).all()
+            )
+        out = {
+            feed: FeedActivity(n, int(n_recent or 0), matched.get(feed, 0), last_any.get(feed))
+            for feed, n, n_recent, _ in rows
+        }
+        for feed, last in last_any.items():
+            out.setdefault(feed, FeedActivity(0, 0, 0, last))
+        return out
 
     def count_items(self, feed: str | None = None) -> int:
         with Session(self.engine) as s:

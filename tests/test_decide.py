@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.decide import backoff, decide_feed_update, is_due
+from monitor.decide import backoff, decide_feed_update, health_flags, is_due
 from monitor.types import FeedState, PollOutcome
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -65,3 +65,35 @@ def test_gone_disables_the_feed() -> None:
 )
 def test_is_due(state: FeedState | None, due: bool) -> None:
     assert is_due(state, NOW) is due
+
+
+DAY = timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    "state, items, last_new, flags",
+    [
+        (None, 0, None, ["never polled"]),
+        (FeedState("f", "u", last_success=NOW - timedelta(hours=1)), 30, NOW - DAY, []),
+        (  # failing for two days
+            FeedState("f", "u", consecutive_failures=9, last_success=NOW - 2 * DAY),
+            30, NOW - 2 * DAY, ["failing (2d)"],
+        ),
+        (  # failing for an hour: not yet worth a flag
+            FeedState("f", "u", consecutive_failures=1, last_success=NOW - timedelta(hours=1)),
+            30, NOW - DAY, [],
+        ),
+        (  # 60 items in 30 days (every 12h), nothing for 4 days
+            FeedState("f", "u", last_success=NOW), 60, NOW - 4 * DAY,
+            ["silent for 4d (usually every 12h)"],
+        ),
+        (  # a weekly feed quiet for 4 days is normal
+            FeedState("f", "u", last_success=NOW), 4, NOW - 4 * DAY, [],
+        ),
+        (FeedState("f", "u", disabled=True), 0, None, ["disabled (gone)"]),
+    ],
+)  # fmt: skip
+def test_health_flags(state, items: int, last_new, flags: list[str]) -> None:
+    got = health_flags(state, items_in_window=items, window=30 * DAY, last_new_item=last_new,
+                       now=NOW)  # fmt: skip
+    assert got == flags

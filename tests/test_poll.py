@@ -276,3 +276,23 @@ def test_gone_feed_is_disabled_until_its_url_changes(
     config = write_config(tmp_path, {"old": feed_server.add("/thr.xml", fixture(THR))})
     assert poll(config) == 0
     assert not repo().feed_state("old").disabled and repo().count_items("old") == 9
+
+
+def test_feeds_status_shows_volume_errors_and_timing(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "ars": feed_server.add("/ars.xml", fixture(ARS)),
+            "down": feed_server.add("/down", b"", status=500, conditional=False),
+        },
+    )
+    poll(config)
+    capsys.readouterr()
+    assert main(["feeds", "status", "--config", str(config), "--format", "json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["ars"]["items_7d"] == 20 and rows["ars"]["matches_7d"] == 5
+    assert rows["ars"]["status"] == "ok" and rows["ars"]["mean_ms"] is not None
+    assert rows["down"]["failures"] == 1 and "500" in rows["down"]["error"]
+    assert rows["down"]["flags"] == ["failing (never succeeded)"]

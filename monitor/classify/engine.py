@@ -28,6 +28,7 @@ from monitor.classify.query import (
     Watch,
     parse_query,
     references,
+    walk,
 )
 from monitor.classify.text import fold
 from monitor.types import Item, Match
@@ -191,23 +192,12 @@ class Classifier:
         if tid in self._needs:
             return self._needs[tid]
         out: set[int] = set()
-
-        def walk(node: object) -> None:
-            if isinstance(node, _Leaf):
-                out.update(node.terms)
-            elif isinstance(node, And | Or):
-                for child in node.items:
-                    walk(child)
-            elif isinstance(node, Not | Field):
-                walk(node.item)
-            elif isinstance(node, Near):
-                walk(node.left)
-                walk(node.right)
-            elif isinstance(node, TopicRef):
-                out.update(self._needs_of(node.name))
-
-        for node in self._topics[tid].queries.values():
-            walk(node)
+        for query in self._topics[tid].queries.values():
+            for node in walk(query):
+                if isinstance(node, _Leaf):
+                    out.update(node.terms)
+                elif isinstance(node, TopicRef):
+                    out.update(self._needs_of(node.name))
         self._needs[tid] = frozenset(out)
         return self._needs[tid]
 

@@ -236,16 +236,27 @@ class _Parser:
         raise QueryError(f"expected a term where {tok.value!r} is", tok.pos)
 
 
-def _has_not(node: Node) -> bool:
-    if isinstance(node, Not):
-        return True
+def children(node: object) -> tuple[object, ...]:
+    """The sub-queries of a node (of a parsed query, or of a compiled one)."""
     if isinstance(node, And | Or):
-        return any(_has_not(n) for n in node.items)
-    if isinstance(node, Field):
-        return _has_not(node.item)
+        return node.items
+    if isinstance(node, Not | Field):
+        return (node.item,)
     if isinstance(node, Near):
-        return _has_not(node.left) or _has_not(node.right)
-    return False
+        return (node.left, node.right)
+    return ()
+
+
+def walk(node: object) -> list[object]:
+    """The node and every node below it."""
+    out = [node]
+    for child in children(node):
+        out += walk(child)
+    return out
+
+
+def _has_not(node: Node) -> bool:
+    return any(isinstance(n, Not) for n in walk(node))
 
 
 def parse_query(text: str) -> Node:
@@ -255,22 +266,8 @@ def parse_query(text: str) -> Node:
 
 def references(node: Node) -> tuple[set[str], set[str]]:
     """(watchlists, topics) a query refers to."""
-    watch: set[str] = set()
-    topics: set[str] = set()
-
-    def walk(n: Node) -> None:
-        if isinstance(n, Watch):
-            watch.add(n.name)
-        elif isinstance(n, TopicRef):
-            topics.add(n.name)
-        elif isinstance(n, And | Or):
-            for child in n.items:
-                walk(child)
-        elif isinstance(n, Not | Field):
-            walk(n.item)
-        elif isinstance(n, Near):
-            walk(n.left)
-            walk(n.right)
-
-    walk(node)
-    return watch, topics
+    nodes = walk(node)
+    return (
+        {n.name for n in nodes if isinstance(n, Watch)},
+        {n.name for n in nodes if isinstance(n, TopicRef)},
+    )

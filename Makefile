@@ -32,6 +32,8 @@ postgres:
 	fi
 
 bench: $(STAMP)
+	$(BIN)/python bench/classify_speed.py
+	$(BIN)/python bench/classify_quality.py
 	$(BIN)/python bench/poll_bench.py
 
 lint: $(STAMP)

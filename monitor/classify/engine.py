@@ -186,6 +186,16 @@ class Classifier:
             self._needs_of(tid)
         empty = _Context("", (0, 0, 0), None, {})
         self._positive = {tid for tid in self._topics if not self._topic(empty, tid, None)[0]}
+        # Which assigned topics an item's hits can wake: an item is evaluated against
+        # those (and the few that match without hits), not against every topic.
+        self._visible = [tid for tid, t in self._topics.items() if not t.rule.hidden]
+        self._order = {tid: i for i, tid in enumerate(self._visible)}
+        self._always = {tid for tid in self._visible if tid not in self._positive}
+        self._woken: dict[int, tuple[str, ...]] = {}
+        for tid in self._visible:
+            if tid in self._positive:
+                for pid in self._needs[tid]:
+                    self._woken[pid] = (*self._woken.get(pid, ()), tid)
         self._empty = self._evaluate(_Context("", (0, 0, 0), None, {})) if by_key else None
 
     def _needs_of(self, tid: str) -> frozenset[int]:
@@ -306,10 +316,11 @@ class Classifier:
         return hits
 
     def _evaluate(self, ctx: _Context) -> tuple[Match, ...]:
+        candidates = set(self._always)
+        for pid in ctx.hits:
+            candidates.update(self._woken.get(pid, ()))
         out = []
-        for tid, topic in self._topics.items():
-            if topic.rule.hidden:
-                continue
+        for tid in sorted(candidates, key=self._order.__getitem__):
             ok, hits = self._topic(ctx, tid, None)
             if ok:
                 out.append(self._match(ctx, tid, hits))
@@ -362,12 +373,17 @@ class Classifier:
         self, ctx: _Context, node: object, fields: frozenset[int] | None
     ) -> tuple[bool, list[_Hit]]:
         if isinstance(node, _Leaf):
-            terms = node.terms
+            terms, hits_by = node.terms, ctx.hits
+            # walk whichever is smaller: the item's hits or the leaf's terms
+            pids = (
+                [p for p in hits_by if p in terms]
+                if len(hits_by) <= len(terms)
+                else [p for p in terms if p in hits_by]
+            )
             found = [
                 _Hit(terms[pid], fld, start, end)
-                for pid, spots in ctx.hits.items()
-                if pid in terms
-                for fld, start, end in spots
+                for pid in pids
+                for fld, start, end in hits_by[pid]
                 if fields is None or fld in fields
             ]
             return bool(found), found

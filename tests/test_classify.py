@@ -64,6 +64,8 @@ def one(query: str, **kw) -> RuleSet:
         ("@studios AND @ai_cos", "Lions Gate and Sora", True),
         ("@ai_cos", "Fashion week: the runway looks", False),  # names match as written
         ("SAG-AFTRA", "SAG AFTRA reaches a deal", True),
+        ('"diritto d autore"', "La causa sul diritto d\u2019autore", True),  # a ’ too
+        ('"diritto d autore"', "Il diritto d'autore e l'IA", True),
     ],
 )
 def test_query_language(query: str, title: str, matches: bool) -> None:
@@ -121,3 +123,46 @@ def test_title_weighs_double() -> None:
 def test_categories_are_searched() -> None:
     (match,) = compile_rules(one("AI")).classify(item("News", categories=["AI"]))
     assert match.positions == (("AI", "category", 0),)
+
+
+DEFAULT_PACK = load_config(Path(__file__).parent.parent / "feeds.yaml").rules()
+
+
+@pytest.mark.parametrize(
+    "title, summary, lang, expected",
+    [
+        # AI used in production, and the business, law and labour around it
+        ("Lionsgate signs with Runway to train an AI model on its film library", "", "en",
+         {"ai_entertainment", "deals_partnerships"}),
+        ("Video game voice actors end strike over AI", "SAG-AFTRA members ratify a contract "
+         "with protections against digital replicas.", "en",
+         {"ai_entertainment", "labor_unions", "likeness_deepfakes", "games"}),
+        ("Doppiatori in piazza contro l'IA", "Il sindacato chiede tutele per le voci "
+         "clonate nel doppiaggio.", "it",
+         {"ai_entertainment", "labor_unions", "likeness_deepfakes"}),
+        ("GEMA verklagt Suno wegen KI-Musik", "Das Gericht soll über Urheberrecht "
+         "entscheiden.", "de", {"ai_entertainment", "litigation_copyright", "music"}),
+        ("Un film français doublé en allemand par l'IA", "Les voix des acteurs ont été "
+         "clonées.", "fr", {"ai_entertainment", "production_use", "likeness_deepfakes"}),
+        # "strikes deal" is no strike
+        ("Lionsgate strikes deal with Runway on AI video model", "", "en",
+         {"ai_entertainment", "deals_partnerships", "tools_products"}),
+        # fiction about AI is not AI in production ...
+        ("'The Creator' review: a sci-fi epic pits humanity against AI", "A child android "
+         "in a war-torn future makes this film a spectacle.", "en", set()),
+        ("Netflix presenta el tráiler de su serie sobre una IA", "Un thriller de ciencia "
+         "ficción en un Madrid futurista.", "es", set()),
+        # ... unless the story is about AI at work in the industry
+        ("Robot drama used generative AI for its effects", "The film's VFX team says "
+         "generative AI built the crowd scenes.", "en", {"ai_entertainment", "production_use"}),
+        # AI outside the creative industries, and entertainment without AI
+        ("IA in corsia: un algoritmo aiuta a diagnosticare i tumori", "Lo studio analizza "
+         "le immagini con l'intelligenza artificiale.", "it", set()),
+        ("Nvidia earnings beat as AI data centre demand soars", "", "en", set()),
+        ("Premio ai registi esordienti ai Nastri d'Argento", "Il cinema italiano festeggia.",
+         "it", set()),
+        ("Ai Weiwei's film about refugees opens in Berlin", "", "en", set()),
+    ],
+)  # fmt: skip
+def test_default_pack(title: str, summary: str, lang: str, expected: set[str]) -> None:
+    assert topics_of(DEFAULT_PACK, title, summary, lang) == expected

@@ -13,6 +13,9 @@ import unicodedata
 # Dashes join words ("AI-generated", "SAG-AFTRA"): fold them (and every kind of
 # space) to a plain space so a term written with a space or a dash matches either way.
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212_"
+# Apostrophes too: "diritto d'autore" and "l'IA" match the terms "diritto d autore"
+# and "IA" however the outlet typed its apostrophe (' or ’).
+_APOSTROPHES = "'\u2019\u2018\u02bc\u00b4`"
 
 
 class _FoldTable(dict):
@@ -24,7 +27,7 @@ class _FoldTable(dict):
 
     def __missing__(self, code: int) -> str:
         ch = chr(code)
-        if ch in _DASHES or ch.isspace():
+        if ch in _DASHES or ch in _APOSTROPHES or ch.isspace():
             out = " "
         else:
             base = unicodedata.normalize("NFD", ch)[0]
@@ -40,7 +43,9 @@ class _FoldTable(dict):
 
 _LOWER = _FoldTable(lower=True)
 _CASED = _FoldTable(lower=False)
-_ASCII_DASHES = str.maketrans({"-": " ", "_": " ", "\t": " ", "\n": " ", "\r": " "})
+_ASCII_DASHES = str.maketrans(
+    {"-": " ", "_": " ", "'": " ", "`": " ", "\t": " ", "\n": " ", "\r": " "}
+)
 
 
 def fold(text: str) -> tuple[str, str]:

@@ -91,6 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     feeds_sub.add_parser(
         "status", parents=[common, listing], help="each feed's health: failures, silence, volume"
     )
+    feeds_add = feeds_sub.add_parser(
+        "add", parents=[common], help="add a feed (or a site's feed) to feeds.yaml"
+    )
+    feeds_add.add_argument("url", help="the feed's URL, or a web page that links its feed")
+    feeds_add.add_argument("--name", help="default: derived from the feed's title")
+    feeds_add.add_argument("--language", type=_language_arg, metavar="CODE")
+    feeds_add.add_argument("--tags", type=_tags_arg, metavar="A,B", help="comma-separated")
+    feeds_add.add_argument("--interval", type=_interval_arg, metavar="DURATION")
+    feeds_remove = feeds_sub.add_parser(
+        "remove", parents=[common], help="remove a feed from feeds.yaml (stored items are kept)"
+    )
+    feeds_remove.add_argument("name")
+    feeds_import = feeds_sub.add_parser(
+        "import", parents=[common], help="add the feeds of an OPML file that feeds.yaml lacks"
+    )
+    feeds_import.add_argument("file", metavar="FILE.opml")
+    feeds_export = feeds_sub.add_parser(
+        "export", parents=[common], help="write the feeds as OPML 2.0 (stdout by default)"
+    )
+    feeds_export.add_argument("--out", metavar="FILE")
 
     items = sub.add_parser("items", parents=[common, listing], help="list stored items")
     items.add_argument("--since", type=_duration_arg, default=timedelta(days=7), metavar="AGE",
@@ -153,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_poll(args)
         if args.command == "feeds" and args.feeds_command == "status":
             return cmd_feeds_status(args)
+        if args.command == "feeds" and args.feeds_command in _FEEDS_EDITS:
+            return _FEEDS_EDITS[args.feeds_command](args)
         if args.command == "feeds":
             return cmd_feeds_check(args)
         if args.command == "items":
@@ -370,6 +392,209 @@ def cmd_feeds_status(args: argparse.Namespace) -> int:
                "mean_ms", "next_poll", "flags", "error"]  # fmt: skip
     _print_rows(rows, args.format, columns)
     return EXIT_OK
+
+
+# -- feeds add / remove / import / export: edits to feeds.yaml (monitor.feedsfile) --------
+
+
+def _language_arg(text: str) -> str:
+    from monitor.normalize import language_code
+
+    code = language_code(text)
+    if code is None:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an ISO 639-1 code like en or it")
+    return code
+
+
+def _tags_arg(text: str) -> list[str]:
+    return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+
+
+def _interval_arg(text: str) -> str:
+    _duration_arg(text)
+    return text.strip()  # written to feeds.yaml as the user typed it
+
+
+def _feed_with_url(config: Config, url: str) -> Any:
+    from monitor.feedsfile import same_feed_key
+
+    key = same_feed_key(url)
+    return next((f for f in config.feeds if same_feed_key(f.url) == key), None)
+
+
+def _write_edit(command: str, path: Any, text: str, expected: str) -> int | None:
+    """Write an edited feeds.yaml; on refusal say why (nothing is written) and return the exit."""
+    from monitor.feedsfile import FeedsFileError, write_feeds_file
+
+    try:
+        write_feeds_file(path, text, expected=expected)
+    except ConfigError as exc:
+        print(
+            f"reelwatch feeds {command}: not written, {path} would not be valid:", file=sys.stderr
+        )
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except FeedsFileError as exc:
+        print(f"reelwatch feeds {command}: {path} not changed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return None
+
+
+def cmd_feeds_add(args: argparse.Namespace) -> int:
+    from collections import Counter
+    from urllib.parse import urlsplit
+
+    from monitor.discover import find_feed
+    from monitor.errors import FeedError
+    from monitor.feedsfile import FeedsFileError, add_entries, derive_name, read_feeds_file
+    from monitor.fetch import Fetcher
+    from monitor.normalize import is_http_url
+    from monitor.pipeline import utcnow
+
+    path = config_path(args.config)
+    text, config = read_feeds_file(path)
+    url = args.url.strip() if "://" in args.url else "https://" + args.url.strip()
+    if not is_http_url(url):
+        print(f"reelwatch feeds add: '{args.url}' is not an http(s) URL", file=sys.stderr)
+        return EXIT_USAGE
+    if args.name and config.feed(args.name):
+        print(f"reelwatch feeds add: {path} has a feed named {args.name!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    if same := _feed_with_url(config, url):
+        print(f"reelwatch feeds add: {url} is in {path} as {same.name!r}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    async def find() -> Any:
+        d = config.defaults
+        fetcher = Fetcher(user_agent=d.user_agent, max_body_bytes=d.max_body_bytes)
+        try:
+            timeout = d.timeout.total_seconds()
+            return await find_feed(url, fetcher=fetcher, timeout=timeout, now=utcnow())
+        finally:
+            await fetcher.aclose()
+
+    try:
+        found = asyncio.run(find())
+    except FeedError as exc:
+        print(f"reelwatch feeds add: {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    parsed = found.parsed
+    newest = max((i.published for i in parsed.items), default=None)
+    read_as = Counter(i.language for i in parsed.items if i.language).most_common(1)
+    declared, guessed = parsed.language, read_as[0][0] if read_as else None
+    language = declared or (f"{guessed} (guessed from its items)" if guessed else "-")
+    if declared and guessed and guessed != declared and not args.language:
+        language += f" (declared, but its items read as {guessed}: pass --language {guessed}?)"
+    print(f"found {found.url} ({found.via})")
+    print(f"  title:    {parsed.title or '-'}")
+    print(f"  items:    {len(parsed.items)}")
+    print(f"  newest:   {newest.strftime('%Y-%m-%d %H:%M UTC') if newest else '-'}")
+    print(f"  language: {language}")
+    if same := _feed_with_url(config, found.url):
+        print(f"reelwatch feeds add: {found.url} is in {path} as {same.name!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    name = args.name or derive_name(
+        parsed.title, urlsplit(found.url).hostname or "", [f.name for f in config.feeds]
+    )
+    entry = {"name": name, "url": found.url, "language": args.language}
+    entry |= {"tags": args.tags, "interval": args.interval}
+    try:
+        edited = add_entries(text, [entry])
+    except FeedsFileError as exc:
+        print(f"reelwatch feeds add: {path} not changed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if (refused := _write_edit("add", path, edited, text)) is not None:
+        return refused
+    print(f"added {name!r} to {path}")
+    return EXIT_OK
+
+
+def cmd_feeds_remove(args: argparse.Namespace) -> int:
+    from difflib import get_close_matches
+
+    from monitor.feedsfile import FeedsFileError, read_feeds_file, remove_entry
+
+    path = config_path(args.config)
+    text, config = read_feeds_file(path)
+    feed = config.feed(args.name)
+    if feed is None:
+        close = get_close_matches(args.name, [f.name for f in config.feeds], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        print(
+            f"reelwatch feeds remove: no feed named {args.name!r} in {path}{hint}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    try:
+        edited = remove_entry(text, args.name)
+    except FeedsFileError as exc:
+        print(f"reelwatch feeds remove: {path} not changed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if (refused := _write_edit("remove", path, edited, text)) is not None:
+        return refused
+    print(f"removed {feed.name!r} ({feed.url}) from {path}; its stored items are kept")
+    return EXIT_OK
+
+
+def cmd_feeds_import(args: argparse.Namespace) -> int:
+    from monitor.feedsfile import FeedsFileError, add_entries, read_feeds_file
+    from monitor.opml import MAX_OPML_BYTES, OpmlError, parse_opml, plan_import
+
+    path = config_path(args.config)
+    text, config = read_feeds_file(path)
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read(MAX_OPML_BYTES + 1)
+        outlines = parse_opml(data)
+    except OSError as exc:
+        print(f"reelwatch feeds import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OpmlError as exc:
+        print(f"reelwatch feeds import: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    plan = plan_import(outlines, [(f.name, f.url) for f in config.feeds])
+    if plan.added:
+        try:
+            edited = add_entries(text, plan.added)
+        except FeedsFileError as exc:
+            print(f"reelwatch feeds import: {path} not changed: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        if (refused := _write_edit("import", path, edited, text)) is not None:
+            return refused
+    for entry in plan.added:
+        tags = f"  [{', '.join(entry['tags'])}]" if entry.get("tags") else ""
+        print(f"added    {entry['name']}  {entry['url']}{tags}")
+    for outline, why in plan.skipped:
+        print(f"skipped  {outline.title or '-'}  {outline.url}: {why}")
+    print(f"{len(plan.added)} added to {path}, {len(plan.skipped)} skipped")
+    return EXIT_OK
+
+
+def cmd_feeds_export(args: argparse.Namespace) -> int:
+    from monitor.opml import ExportFeed, render_opml
+    from monitor.pipeline import utcnow
+
+    config = _load(args)
+    feeds = [ExportFeed(f.name, f.url, tuple(f.tags), f.language) for f in config.feeds]
+    data = render_opml(feeds, title="reelwatch feeds", created=utcnow())
+    if not args.out:
+        sys.stdout.write(data.decode())
+        return EXIT_OK
+    try:
+        with open(args.out, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        print(f"reelwatch feeds export: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"exported {len(feeds)} feeds to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+_FEEDS_EDITS = {
+    "add": cmd_feeds_add,
+    "remove": cmd_feeds_remove,
+    "import": cmd_feeds_import,
+    "export": cmd_feeds_export,
+}
 
 
 def cmd_items(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from monitor import __version__
@@ -160,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age", type=_duration_arg, default=timedelta(minutes=2), metavar="AGE"
     )
+    digest = sub.add_parser("digest", help="preview and send email digests")
+    digest_sub = digest.add_subparsers(dest="digest_command", required=True, metavar="COMMAND")
+    period_help = "last-week (the last complete scheduled period) or YYYY-MM-DD..YYYY-MM-DD"
+    preview = digest_sub.add_parser(
+        "preview", parents=[common], help="render a digest (HTML and text) without sending"
+    )
+    preview.add_argument("name")
+    preview.add_argument("--period", default="last-week", help=period_help)
+    preview.add_argument("--out", metavar="FILE.html",
+                         help="write the HTML here and the text beside it (.txt); "
+                              "default: the text on stdout")  # fmt: skip
+    send = digest_sub.add_parser("send", parents=[common], help="send a digest by email")
+    send.add_argument("name")
+    send.add_argument("--period", default="last-week", help=period_help)
+    send.add_argument("--dry-run", action="store_true", help="render and report; send nothing")
+    send.add_argument("--force", action="store_true", help="send even if already sent")
     return parser
 
 
@@ -189,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_slack_test(args)
         if args.command == "reclassify":
             return cmd_reclassify(args)
+        if args.command == "digest":
+            return cmd_digest(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -794,3 +813,43 @@ def cmd_health(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"healthy: last heartbeat {int(age.total_seconds())} s ago")
     return EXIT_OK
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from alerts.digest import parse_period, run_digest
+    from monitor.digests import digest_setups, feed_health
+    from monitor.errors import DeliveryError
+    from monitor.pipeline import utcnow
+
+    config = _load(args)
+    if args.name not in config.digests:
+        known = ", ".join(config.digests) or "none: add one under digests: in feeds.yaml"
+        print(f"reelwatch digest: no digest named {args.name!r} (digests: {known})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    now = utcnow()
+    repo = _repo()
+    (setup,) = digest_setups(config, feed_health(config, repo, now), [args.name])
+    try:
+        period = parse_period(args.period, setup.schedule, setup.timezone, now)
+    except ValueError as exc:
+        print(f"reelwatch digest: --period {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.digest_command == "preview":
+        result = run_digest(repo, setup, period, now=now, smtp=None, dry_run=True)
+        if args.out:
+            out = Path(args.out)
+            out.write_text(result.html, encoding="utf-8")
+            out.with_suffix(".txt").write_text(result.text, encoding="utf-8")
+            print(f"wrote {out} and {out.with_suffix('.txt')}: {result.subject}")
+        else:
+            print(f"Subject: {result.subject}\n\n{result.text}")
+        return EXIT_OK
+    try:
+        result = run_digest(repo, setup, period, now=now, smtp=None, force=args.force,
+                            dry_run=args.dry_run)  # fmt: skip
+    except DeliveryError as exc:
+        print(f"reelwatch digest send: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.message)
+    return EXIT_OK if result.status in ("sent", "already-sent", "dry-run") else EXIT_FAILURE

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -197,6 +197,40 @@ class SlackConfig(_Model):
     min_score: float = Field(default=0.0, ge=0)
     burst: int = Field(default=10, ge=1)  # more alerts than this for a channel at once: a summary
     routes: list[SlackRoute] = []
+
+
+def digest_problems(digest: DigestConfig) -> Iterator[tuple[str, str]]:
+    """What is wrong with a digest's timezone, schedule or subject, as (key, message)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        tz = ZoneInfo(digest.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        yield "timezone", f"'{digest.timezone}' is not a timezone like Europe/Rome or UTC"
+        tz = ZoneInfo("UTC")
+    try:
+        CronTrigger.from_crontab(digest.schedule, timezone=tz)
+    except ValueError as exc:
+        yield (
+            "schedule",
+            (
+                f"'{digest.schedule}' is not cron text like '0 8 * * mon' "
+                f"(minute hour day month weekday): {exc}"
+            ),
+        )
+    sample = datetime(2026, 1, 5, tzinfo=tz)
+    try:
+        digest.subject.format(start=sample, end=sample, count=0, name="weekly")
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        yield (
+            "subject",
+            (
+                f"{exc!s} in '{digest.subject}': use {{start:%d %b}}, {{end:%d %b}}, {{count}}"
+                " or {name}"
+            ),
+        )
 
 
 class DigestConfig(_Model):
@@ -408,3 +442,5 @@ def _cross_checks(filename: str, data: Any, config: Config) -> Iterator[ConfigPr
         for j, topic in enumerate(digest.topics):
             if topic not in config.topics:
                 yield at(("digests", name, "topics", j), f"unknown topic {topic!r}")
+        for key, problem in digest_problems(digest):
+            yield at(("digests", name, key), problem)

@@ -108,6 +108,17 @@ class DeliveryRow(SQLModel, table=True):
     sent_at: datetime | None = _utc()
 
 
+class FeedNoticeRow(SQLModel, table=True):
+    """A health notice sent for a feed (failing, silent, disabled) and not yet recovered:
+    kept so a feed gets one notice per problem, across restarts."""
+
+    __tablename__ = "feed_notices"
+
+    feed: str = Field(primary_key=True)
+    flag: str  # failing | silent | disabled
+    noticed_at: datetime = _utc(nullable=False)
+
+
 class HeartbeatRow(SQLModel, table=True):
     __tablename__ = "heartbeats"
 
@@ -115,3 +126,24 @@ class HeartbeatRow(SQLModel, table=True):
     at: datetime = _utc(nullable=False)
     pid: int
     host: str
+
+
+class DigestRow(SQLModel, table=True):
+    """One digest period: recorded when sending starts, so it is sent once and never missed."""
+
+    __tablename__ = "digests"
+    __table_args__ = (UniqueConstraint("name", "period_start", name="uq_digests_name_period"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    period_start: datetime = _utc(nullable=False)
+    period_end: datetime = _utc(nullable=False)
+    status: str = "sending"  # sending | retry | sent | failed
+    attempts: int = 0
+    items: int = 0
+    # recipients still to send to (a 4xx for some of them): retried alone
+    pending: list[str] = Field(default_factory=list, sa_type=JSON)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    next_attempt: datetime | None = _utc()
+    sent_at: datetime | None = _utc()
+    updated: datetime = _utc(nullable=False)

@@ -10,15 +10,24 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlmodel import Session, SQLModel
 
 from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedFeed
-from storage.models import DeliveryRow, FeedRow, HeartbeatRow, ItemRow, MatchRow
+from storage.models import (
+    DeliveryRow,
+    DigestRow,
+    FeedNoticeRow,
+    FeedRow,
+    HeartbeatRow,
+    ItemRow,
+    MatchRow,
+)
 
+_STALE_SENDING = timedelta(hours=1)  # a digest "sending" this long was cut off: take it again
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
@@ -76,6 +85,20 @@ class DeliveryRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DigestRecord:
+    name: str
+    period_start: datetime
+    period_end: datetime
+    status: str  # sending | retry | sent | failed
+    attempts: int
+    items: int
+    pending: tuple[str, ...]
+    last_error: str | None
+    next_attempt: datetime | None
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingDelivery:
     id: int
     channel: str
@@ -106,6 +129,13 @@ def _match_row(item_id: int, m: Match) -> dict[str, Any]:
         "score": m.score,
         "positions": [list(p) for p in m.positions],
     }
+
+
+def _to_digest(row: DigestRow) -> DigestRecord:
+    return DigestRecord(
+        row.name, row.period_start, row.period_end, row.status, row.attempts, row.items,
+        tuple(row.pending or ()), row.last_error, row.next_attempt, row.sent_at,
+    )  # fmt: skip
 
 
 def _to_state(row: FeedRow) -> FeedState:
@@ -139,6 +169,27 @@ class Repository:
         with Session(self.engine) as s:
             row = s.get(FeedRow, name)
             return _to_state(row) if row else None
+
+    # -- feed health notices ----------------------------------------------------------------
+
+    def feed_notices(self) -> dict[str, str]:
+        """The problem last noticed per feed (failing, silent, disabled), until it recovers."""
+        with Session(self.engine) as s:
+            return dict(s.execute(select(FeedNoticeRow.feed, FeedNoticeRow.flag)).all())
+
+    def record_feed_notice(self, feed: str, flag: str, now: datetime) -> None:
+        table = FeedNoticeRow.__table__
+        stmt = self._insert()(table).values(feed=feed, flag=flag, noticed_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["feed"], set_={"flag": stmt.excluded.flag, "noticed_at": now}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def clear_feed_notice(self, feed: str) -> None:
+        table = FeedNoticeRow.__table__
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.feed == feed))
 
     def store_poll(
         self,
@@ -449,6 +500,113 @@ class Repository:
         with Session(self.engine) as s:
             q = select(DeliveryRow.status, func.count()).group_by(DeliveryRow.status)
             return {status: n for status, n in s.execute(q)}
+
+    # -- digests -----------------------------------------------------------------------------
+
+    def items_seen_between(
+        self, start: datetime, end: datetime, topics: Iterable[str] | None = None
+    ) -> list[StoredItem]:
+        """Items first seen in [start, end) with a match (in one of `topics`, when given)."""
+        wanted = select(MatchRow.item_id)
+        if topics is not None:
+            wanted = wanted.where(MatchRow.topic.in_(list(topics)))
+        with Session(self.engine) as s:
+            rows = list(
+                s.execute(
+                    select(ItemRow)
+                    .where(ItemRow.first_seen >= start, ItemRow.first_seen < end)
+                    .where(ItemRow.id.in_(wanted))
+                    .order_by(ItemRow.first_seen, ItemRow.id)
+                ).scalars()
+            )
+            return self._with_matches(s, rows)
+
+    def topic_counts(self, start: datetime, end: datetime) -> dict[str, int]:
+        """Items first seen in [start, end) per matched topic."""
+        with Session(self.engine) as s:
+            q = (
+                select(MatchRow.topic, func.count(func.distinct(ItemRow.id)))
+                .join(ItemRow, ItemRow.id == MatchRow.item_id)
+                .where(ItemRow.first_seen >= start, ItemRow.first_seen < end)
+                .group_by(MatchRow.topic)
+            )
+            return {topic: n for topic, n in s.execute(q)}
+
+    def first_item_seen(self) -> datetime | None:
+        """When the service stored its first item: no digest is owed for earlier periods."""
+        with Session(self.engine) as s:
+            return s.execute(select(func.min(ItemRow.first_seen))).scalar()
+
+    def digest_record(self, name: str, period_start: datetime) -> DigestRecord | None:
+        with Session(self.engine) as s:
+            row = s.execute(
+                select(DigestRow).where(
+                    DigestRow.name == name, DigestRow.period_start == period_start
+                )
+            ).scalar()
+            return _to_digest(row) if row else None
+
+    def digest_records(self, name: str | None = None, limit: int = 100) -> list[DigestRecord]:
+        with Session(self.engine) as s:
+            q = select(DigestRow).order_by(DigestRow.period_start.desc()).limit(limit)
+            if name is not None:
+                q = q.where(DigestRow.name == name)
+            return [_to_digest(r) for r in s.execute(q).scalars()]
+
+    def claim_digest(
+        self, name: str, start: datetime, end: datetime, now: datetime, *, force: bool = False
+    ) -> DigestRecord | None:
+        """Take a digest period for sending: a new period, one due for a retry, or any with
+        force. None when it is not to be sent (sent, failed, or another worker has it)."""
+        table = DigestRow.__table__
+        with self.engine.begin() as conn:
+            inserted = conn.execute(
+                self._insert()(table)
+                .values(name=name, period_start=start, period_end=end, status="sending",
+                        attempts=0, items=0, pending=[], updated=now)
+                .on_conflict_do_nothing()
+                .returning(table.c.id)
+            ).first()  # fmt: skip
+            if inserted is None:
+                cond = and_(table.c.name == name, table.c.period_start == start)
+                if not force:
+                    # a retry that is due, or a send cut off mid-way (a crash) an hour ago
+                    cond = and_(cond, (
+                        and_(table.c.status == "retry", table.c.next_attempt <= now)
+                        | and_(table.c.status == "sending",
+                               table.c.updated <= now - _STALE_SENDING)
+                    ))  # fmt: skip
+                taken = conn.execute(
+                    update(table).where(cond).values(status="sending", updated=now)
+                ).rowcount
+                if not taken:
+                    return None
+        return self.digest_record(name, start)
+
+    def finish_digest(
+        self,
+        name: str,
+        start: datetime,
+        *,
+        status: str,
+        now: datetime,
+        items: int = 0,
+        pending: Sequence[str] = (),
+        error: str | None = None,
+        next_attempt: datetime | None = None,
+    ) -> None:
+        table = DigestRow.__table__
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.name == name, table.c.period_start == start)
+                .values(
+                    status=status, attempts=table.c.attempts + 1, items=items,
+                    pending=list(pending), last_error=error[:1000] if error else None,
+                    next_attempt=next_attempt, updated=now,
+                    sent_at=now if status == "sent" else table.c.sent_at,
+                )
+            )  # fmt: skip
 
     # -- heartbeat ---------------------------------------------------------------------------
 

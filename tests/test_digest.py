@@ -1,0 +1,399 @@
+"""Weekly digests: periods, content and safety as tables (pure); sending over real SMTP
+(aiosmtpd on 127.0.0.1, with and without AUTH and STARTTLS), sent once, retried, never lost."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import trustme
+
+from alerts.digest import (
+    DigestSource,
+    Period,
+    build_digest,
+    build_message,
+    due_periods,
+    header_safe,
+    parse_period,
+    period_before,
+    render_digest,
+    run_digest,
+)
+from monitor.cli import main
+from monitor.config import load_config
+from monitor.digests import digest_setups
+from monitor.types import FeedUpdate, Item, Match, ParsedFeed
+from storage import Repository, make_engine
+from tests.smtp import SmtpServer, free_port
+
+# The week of Monday 16 Nov 2026 in Rome: Mon 08:00 (07:00 UTC) to the next Mon 08:00.
+WEEK = Period(datetime(2026, 11, 16, 7, tzinfo=UTC), datetime(2026, 11, 23, 7, tzinfo=UTC))
+IN_WEEK = datetime(2026, 11, 18, 10, tzinfo=UTC)
+SENT_AT = datetime(2026, 11, 23, 7, 1, tzinfo=UTC)
+
+HOSTILE = [
+    "<script>alert('x')</script>Studio signs AI deal",
+    '<img src=x onerror="alert(1)"> AI dubbing',
+    "<form action='https://evil.example/'><input name=p></form> AI form",
+    '<base href="https://evil.example/"> AI base',
+    '<meta http-equiv="refresh" content="0;url=https://evil.example/"> AI refresh',
+    "Subject line\r\nBcc: victim@evil.example AI header",
+    "=?utf-8?q?=0D=0ABcc:_victim@evil.example?= AI encoded word",
+]
+
+
+# -- periods ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule, tz, now, period",
+    [
+        # Wednesday: the last complete week is Mon 16 08:00 -> Mon 23 08:00 Rome time
+        ("0 8 * * mon", "Europe/Rome", datetime(2026, 11, 25, 12, tzinfo=UTC), WEEK),
+        # on the Monday itself, just after 08:00, that week is complete
+        ("0 8 * * mon", "Europe/Rome", datetime(2026, 11, 23, 7, 0, 30, tzinfo=UTC), WEEK),
+        # the week in which the clocks went back (25 Oct 2026) has 169 hours
+        ("0 8 * * mon", "Europe/Rome", datetime(2026, 10, 27, tzinfo=UTC),
+         Period(datetime(2026, 10, 19, 6, tzinfo=UTC), datetime(2026, 10, 26, 7, tzinfo=UTC))),
+        ("30 6 * * *", "UTC", datetime(2026, 11, 25, 6, 29, tzinfo=UTC),
+         Period(datetime(2026, 11, 23, 6, 30, tzinfo=UTC),
+                datetime(2026, 11, 24, 6, 30, tzinfo=UTC))),
+    ],
+)  # fmt: skip
+def test_period_is_the_last_complete_scheduled_period(schedule, tz, now, period) -> None:
+    assert period_before(schedule, tz, now) == period
+
+
+def test_explicit_period_is_whole_days_in_the_digest_timezone() -> None:
+    got = parse_period("2026-11-16..2026-11-22", "0 8 * * mon", "Europe/Rome", SENT_AT)
+    assert got == Period(
+        datetime(2026, 11, 15, 23, tzinfo=UTC), datetime(2026, 11, 22, 23, tzinfo=UTC)
+    )
+    for bad in ("yesterday", "2026-11-22..2026-11-16", "2026-13-01..2026-13-02"):
+        with pytest.raises(ValueError):
+            parse_period(bad, "0 8 * * mon", "UTC", SENT_AT)
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("AI in entertainment: week of 16 Nov", "AI in entertainment: week of 16 Nov"),
+        ("Week\r\nBcc: victim@evil.example", "Week Bcc: victim@evil.example"),
+        ("a\x00b\x1bc\u2028d", "a b c d"),
+        ("=?utf-8?q?=0D=0ABcc:_x@evil.example?=", "= ?utf-8?q?=0D=0ABcc:_x@evil.example?="),
+    ],
+)
+def test_header_safe_removes_line_breaks_controls_and_encoded_words(text, expected) -> None:
+    assert header_safe(text) == expected
+
+
+def test_no_header_injection_even_from_a_hostile_subject() -> None:
+    msg = build_message(
+        sender="reelwatch@example.org", recipients=["team@example.org"],
+        subject="Hi\r\nBcc: victim@evil.example =?utf-8?q?=0D=0ABcc:_v@evil.example?=",
+        text="t", html="<p>h</p>", now=SENT_AT,
+    )  # fmt: skip
+    raw = msg.as_bytes()
+    assert b"\nBcc:" not in raw and b"=?utf-8?q?=0D" not in raw
+    assert msg.get_all("Bcc") is None
+
+
+# -- content ---------------------------------------------------------------------------------
+
+
+def source(title: str, feed: str = "thr", url: str | None = None, score: float = 4.0,
+           topics: tuple[str, ...] = ("ai_entertainment", "deals_partnerships"),
+           summary: str = "A summary.") -> DigestSource:  # fmt: skip
+    matches = tuple(Match(t, ("AI", "Runway"), score - i) for i, t in enumerate(topics))
+    return DigestSource(feed, title, url, summary, "en", IN_WEEK, matches)
+
+
+LABELS = {"ai_entertainment": "AI in entertainment", "deals_partnerships": "Deals",
+          "labor_unions": "Unions", "music": "Music"}  # fmt: skip
+
+
+def digest(sources, counts=None, previous=None, health=None, language="en"):
+    return build_digest(
+        name="weekly", language=language, timezone="Europe/Rome", period=WEEK,
+        sources=sources, labels=LABELS, gate="ai_entertainment",
+        counts=counts or {}, previous_counts=previous or {}, health=health or {}, feeds_total=22,
+    )  # fmt: skip
+
+
+def test_items_grouped_by_topic_ranked_and_counted_against_the_previous_period() -> None:
+    d = digest(
+        [
+            source("Lionsgate signs with Runway for AI model", "thr", "https://thr.example/1"),
+            source("Lionsgate signs with Runway for an AI model deal", "variety",
+                   "https://variety.example/1", score=3.0),
+            source("Lionsgate and Runway sign AI model agreement", "deadline", score=2.5),
+            source("SAG-AFTRA strikes over AI voices", "deadline",
+                   topics=("ai_entertainment", "labor_unions")),
+            source("AI in film, generally", "indiewire", topics=("ai_entertainment",)),
+        ],
+        counts={"ai_entertainment": 5, "deals_partnerships": 3, "labor_unions": 1},
+        previous={"ai_entertainment": 2, "deals_partnerships": 3},
+    )  # fmt: skip
+    assert (d.items, d.stories, d.outlets) == (5, 3, 4)
+    (top,) = d.most_covered
+    assert top.title.startswith("Lionsgate signs with Runway") and top.outlet == "thr"
+    assert set(top.also) == {"variety", "deadline"}
+    assert [(s.label, len(s.entries)) for s in d.sections] == [
+        ("Deals", 1), ("Unions", 1), ("Other stories", 1)
+    ]  # fmt: skip
+    flags = {c.topic: (c.count, c.previous, c.flag) for c in d.counts}
+    assert flags == {"ai_entertainment": (5, 2, "doubled"), "deals_partnerships": (3, 3, None),
+                     "labor_unions": (1, 0, None)}  # fmt: skip
+
+
+def test_a_quiet_week_is_one_short_message() -> None:
+    d = digest([], health={"thr-roma": ["failing (2d)"]})
+    text, html = render_digest(d)
+    assert "A quiet week" in text and "A quiet week" in html
+    assert "1 of 22 feeds need attention: thr-roma (failing (2d))" in text
+    assert "<table" not in html.split("quiet")[1]  # no empty topic table after the message
+
+
+def test_labels_follow_the_digest_language() -> None:
+    text, _ = render_digest(digest([source("Accordo Lionsgate-Runway sull'IA")], language="it"))
+    assert "Periodo" in text and "perché" in text and "tutti i 22 feed funzionano" in text
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_hostile_feed_text_is_inert_in_the_html() -> None:
+    sources = [source(t, f"feed{i}", url) for i, (t, url) in enumerate(zip(
+        HOSTILE, ["javascript:alert(1)", "https://ok.example/a?x=1&y=2", "data:text/html,x",
+                  'https://ok.example/"onmouseover="x', None, "https://ok.example/b", None],
+        strict=True))]  # fmt: skip
+    _, html = render_digest(digest(sources))
+    parser = _Tags()
+    parser.feed(html)
+    names = [t for t, _ in parser.tags]
+    assert not {"script", "form", "input", "base", "iframe", "img"} & set(names)
+    assert not [a for t, a in parser.tags if t == "meta" and "http-equiv" in a]
+    assert not [k for _, a in parser.tags for k in a if k.startswith("on")]
+    hrefs = [a["href"] for t, a in parser.tags if t == "a"]
+    assert hrefs == ["https://ok.example/a?x=1&y=2", "https://ok.example/b"]
+    assert "&lt;script&gt;" in html  # shown as text, not dropped
+    assert 'style="' in html  # CSS inlined for Gmail and Outlook
+
+
+# -- sending over SMTP -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def repo(database_url: str) -> Repository:
+    r = Repository(make_engine(database_url))
+    r.create_schema()
+    return r
+
+
+def seed(repo: Repository, titles: list[str], feed: str = "thr", when: datetime = IN_WEEK,
+         topics: tuple[str, ...] = ("ai",)) -> None:  # fmt: skip
+    batch = tuple(
+        Item(feed, f"{feed}-{i}-{when:%s}", None, f"https://{feed}.example/{i}", t,
+             "Summary of the story.", when, "en")
+        for i, t in enumerate(titles)
+    )  # fmt: skip
+    matches = {i.identity: tuple(Match(t, ("AI",), 2.0) for t in topics) for i in batch}
+    upd = FeedUpdate("ok", 200, None, None, None, None, 0, when, when, when, False, 5)
+    repo.store_poll(feed, f"https://{feed}.example/rss", upd, ParsedFeed(feed, "en", batch,
+                    matches), None, when)  # fmt: skip
+
+
+def config_file(tmp_path: Path, to: str = "[team@example.org, boss@example.org]") -> Path:
+    path = tmp_path / "feeds.yaml"
+    path.write_text(f"""\
+feeds:
+  - {{name: thr, url: "https://thr.example/rss"}}
+topics:
+  ai: {{label: AI in entertainment, query: AI}}
+digests:
+  weekly:
+    to: {to}
+    schedule: "0 8 * * mon"
+    timezone: Europe/Rome
+    subject: "AI in entertainment: week of {{start:%d %b}} ({{count}} stories)"
+""")
+    return path
+
+
+@pytest.fixture
+def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    monkeypatch.setenv("REELWATCH_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("REELWATCH_SMTP_PORT", str(server.port))
+    monkeypatch.setenv("REELWATCH_SMTP_FROM", "reelwatch@example.org")
+    yield server
+    server.close()
+
+
+def setup_of(path: Path):
+    (s,) = digest_setups(load_config(path), {})
+    return s
+
+
+def test_digest_is_delivered_as_text_and_html_and_sent_once(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(repo, ["Lionsgate signs AI deal with Runway", *HOSTILE])
+    seed(repo, ["Old AI story"], when=WEEK.start - timedelta(days=1))  # the week before
+    path = config_file(tmp_path)
+    args = ["digest", "send", "weekly", "--config", str(path), "--period", "2026-11-16..2026-11-22"]
+    assert main(args) == 0
+    (got,) = smtp.received
+    assert sorted(got.rcpt_tos) == ["boss@example.org", "team@example.org"]
+    msg = got.message
+    assert msg["Subject"] == "AI in entertainment: week of 16 Nov (8 stories)"
+    assert msg.get_all("Bcc") is None and "evil" not in str(msg["To"])
+    assert msg.get_content_type() == "multipart/alternative"
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "Lionsgate signs AI deal with Runway" in text and "Old AI story" not in text
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "8 stories" in text
+    # a second send for the same period does nothing, and says so
+    assert main(args) == 0
+    assert "was sent on" in capsys.readouterr().out
+    assert len(smtp.received) == 1
+    assert main([*args, "--force"]) == 0
+    assert len(smtp.received) == 2
+
+
+def test_preview_writes_html_and_text_and_sends_nothing(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    seed(repo, ["Netflix uses generative AI in a series"])
+    out = tmp_path / "digest.html"
+    path = config_file(tmp_path)
+    argv = ["digest", "preview", "weekly", "--config", str(path),
+            "--period", "2026-11-16..2026-11-22", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "Netflix uses generative AI" in out.read_text()
+    assert "Netflix uses generative AI" in out.with_suffix(".txt").read_text()
+    assert main(["digest", "send", "weekly", "--config", str(path), "--dry-run"]) == 0
+    assert smtp.received == []
+
+
+def test_starttls_and_auth_and_the_password_never_printed(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = SmtpServer(login=("digest-bot", "s3cret-pw"), tls=server_ctx)
+    try:
+        env = {"REELWATCH_SMTP_HOST": "127.0.0.1", "REELWATCH_SMTP_PORT": str(server.port),
+               "REELWATCH_SMTP_FROM": "reelwatch@example.org",
+               "REELWATCH_SMTP_USER": "digest-bot", "REELWATCH_SMTP_PASSWORD": "wrong",
+               "REELWATCH_SMTP_CA_FILE": str(ca_file)}  # fmt: skip
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        seed(repo, ["AI story"])
+        argv = ["digest", "send", "weekly", "--config", str(config_file(tmp_path)),
+                "--period", "2026-11-16..2026-11-22"]  # fmt: skip
+        assert main(argv) == 1  # a wrong password is refused for good, clearly
+        err = capsys.readouterr().err
+        assert "refused the login of user 'digest-bot'" in err and "wrong" not in err
+        monkeypatch.setenv("REELWATCH_SMTP_PASSWORD", "s3cret-pw")
+        assert main([*argv, "--force"]) == 0
+        (got,) = server.received
+        assert got.user == "digest-bot"
+        assert "s3cret-pw" not in capsys.readouterr().out
+    finally:
+        server.close()
+
+
+def test_one_recipient_refused_for_good_does_not_stop_the_others(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    smtp.refuse["boss@example.org"] = "550 5.1.1 No such user"
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    result = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
+    assert result.status == "partial" and "550 5.1.1 No such user" in result.message
+    (got,) = smtp.received
+    assert got.rcpt_tos == ["team@example.org"]
+    assert repo.digest_record("weekly", WEEK.start).status == "sent"
+
+
+def test_a_temporary_refusal_is_retried_for_that_recipient_only(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    smtp.refuse["boss@example.org"] = "450 4.2.1 Mailbox busy"
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    first = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
+    assert first.status == "retry"
+    record = repo.digest_record("weekly", WEEK.start)
+    assert record.pending == ("boss@example.org",) and record.next_attempt > SENT_AT
+    smtp.refuse.clear()
+    later = record.next_attempt + timedelta(seconds=1)
+    assert [(s.name, p) for s, p in due_periods(repo, [setup], later)] == [("weekly", WEEK)]
+    assert run_digest(repo, setup, WEEK, now=later, smtp=None).status == "sent"
+    assert [r.rcpt_tos for r in smtp.received] == [["team@example.org"], ["boss@example.org"]]
+    assert due_periods(repo, [setup], later) == []
+
+
+def test_smtp_down_is_retried_with_backoff_and_sent_when_it_is_back(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # nothing listens here yet: connection refused
+    monkeypatch.setenv("REELWATCH_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("REELWATCH_SMTP_PORT", str(port))
+    monkeypatch.setenv("REELWATCH_SMTP_FROM", "reelwatch@example.org")
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    result = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
+    assert result.status == "retry" and "cannot reach SMTP server 127.0.0.1" in result.message
+    first_retry = repo.digest_record("weekly", WEEK.start).next_attempt
+    assert due_periods(repo, [setup], SENT_AT) == []  # not before its time
+    run_digest(repo, setup, WEEK, now=first_retry, smtp=None)
+    second = repo.digest_record("weekly", WEEK.start)
+    assert second.attempts == 2 and second.next_attempt - first_retry > first_retry - SENT_AT
+    from aiosmtpd.controller import Controller
+
+    from tests.smtp import _Handler
+
+    handler = _Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        assert run_digest(repo, setup, WEEK, now=second.next_attempt, smtp=None).status == "sent"
+        assert len(handler.received) == 1
+    finally:
+        controller.stop()
+
+
+def test_a_missed_digest_is_owed_by_storage_not_by_the_scheduler(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    setup = setup_of(config_file(tmp_path))
+    # a fresh install owes nothing for weeks it was not running
+    assert due_periods(repo, [setup], SENT_AT + timedelta(days=2)) == []
+    seed(repo, ["AI story"])  # the service ran during the week, then was down on Monday
+    after_restart = SENT_AT + timedelta(days=2)
+    ((_, period),) = due_periods(repo, [setup], after_restart)
+    assert period == WEEK
+    assert run_digest(repo, setup, period, now=after_restart, smtp=None).status == "sent"
+    assert due_periods(repo, [setup], after_restart) == []
+    assert len(smtp.received) == 1

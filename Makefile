@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint format clean postgres
+.PHONY: run test bench lint format clean postgres digest-screenshot
 
 # Root runs apt-get directly; anyone else through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -35,6 +35,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/classify_speed.py
 	$(BIN)/python bench/classify_quality.py
 	$(BIN)/python bench/poll_bench.py
+
+# The README's picture of a digest: a sample rendered from the labelled set, shot by
+# Debian's headless chromium (installed here if missing).
+digest-screenshot: $(STAMP)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		chromium fonts-dejavu-core >/dev/null; }
+	$(BIN)/python docs/digest_sample.py
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=720,1800 \
+		--screenshot=docs/digest.png docs/digest-sample.html 2>/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -43,7 +43,9 @@ def main() -> None:
     for s in sources:
         for m in s.matches:
             counts[m.topic] = counts.get(m.topic, 0) + 1
-    previous = {t: n if t == "likeness_deepfakes" else max(0, n // 2 - 1) for t, n in counts.items()}
+    # last week: about half as much, and as much on likeness
+    previous = {t: n if t == "likeness_deepfakes" else max(0, n // 2 - 1)
+                for t, n in counts.items()}  # fmt: skip
     content = build_digest(
         name="weekly", language="en", timezone="Europe/Rome", period=period, sources=sources,
         labels=labels, gate=gate_topic(config), counts=counts, previous_counts=previous,

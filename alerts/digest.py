@@ -170,6 +170,7 @@ class DigestSource:
     language: str | None
     first_seen: datetime
     matches: tuple[Match, ...]
+    story: int | None = None  # the stored story it belongs to, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +250,18 @@ def _tokens(title: str) -> frozenset[str]:
 
 
 def group_stories(sources: Sequence[DigestSource]) -> list[list[DigestSource]]:
-    """Items that report one story (same link, or titles sharing most of their words)."""
+    """Items that report one story: the stored story when known, else the same link or
+    titles sharing most of their words."""
     groups: list[tuple[frozenset[str], set[str], list[DigestSource]]] = []
+    by_story: dict[int, list[DigestSource]] = {}
     for src in sources:
+        if src.story is not None:
+            if src.story in by_story:
+                by_story[src.story].append(src)
+                continue
+            by_story[src.story] = [src]
+            groups.append((frozenset(), set(), by_story[src.story]))
+            continue
         tokens = _tokens(src.title)
         for rep, urls, members in groups:
             same_url = src.url is not None and src.url in urls
@@ -570,9 +580,11 @@ class DigestSetup:
 def render_period(repo: Any, setup: DigestSetup, period: Period) -> tuple[str, str, str, int]:
     """(subject, text, html, items) of a digest for a period, from storage."""
     stored = repo.items_seen_between(period.start, period.end, setup.topics or None)
+    stories = repo.story_of([s.id for s in stored])
     sources = [
         DigestSource(s.item.feed, s.item.title, s.item.url, s.item.summary, s.item.language,
-                     s.first_seen, s.matches)
+                     s.first_seen, s.matches,
+                     stories[s.id].story_id if s.id in stories else None)
         for s in stored
     ]  # fmt: skip
     content = build_digest(

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from alerts.slack import SlackMessage, render_alert, render_summary
+from alerts.slack import SlackMessage, render_alert, render_followup, render_summary
 from monitor.errors import DeliveryError
-from storage.repo import PendingDelivery, Repository
+from storage.repo import PendingDelivery, Repository, StoryInfo
 
 log = logging.getLogger(__name__)
 
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
+WAIT_FOR_LEAD = timedelta(seconds=20)  # a reply waits for its story's alert to be sent
 
 
 class Sender(Protocol):
@@ -91,20 +92,90 @@ def dispatch_pending(
     has more than `burst` due at once (a flood trains people to mute the channel)."""
     pacer = pacer or Pacer()
     titles = feed_titles or {}
+    pending = repo.pending_deliveries(now, limit)
+    stories = repo.story_of([d.stored.id for d in pending])
     by_channel: dict[str, list[PendingDelivery]] = {}
-    for delivery in repo.pending_deliveries(now, limit):
+    for delivery in pending:
         by_channel.setdefault(delivery.channel, []).append(delivery)
     report = DispatchReport()
     for channel, deliveries in by_channel.items():
-        if len(deliveries) > burst and channel != "console":
-            stories = [(d.stored.item, d.stored.matches) for d in deliveries]
-            message = render_summary(stories, titles)
-            report += _send(repo, sender_for, pacer, channel, message, deliveries, now)
-            continue
-        for d in deliveries:
-            message = render_alert(d.stored.item, d.stored.matches, titles.get(d.stored.item.feed))
-            report += _send(repo, sender_for, pacer, channel, message, [d], now)
+        # A story alerts once per channel: its later reports reply in the alert's thread.
+        leads = [d for d in deliveries if _leads(stories.get(d.stored.id))]
+        followers = [d for d in deliveries if not _leads(stories.get(d.stored.id))]
+        if len(leads) > burst and channel != "console":
+            items = [(d.stored.item, d.stored.matches) for d in leads]
+            message = render_summary(items, titles)
+            report += _send(repo, sender_for, pacer, channel, message, leads, now,
+                            stories=[stories.get(d.stored.id) for d in leads])  # fmt: skip
+        else:
+            for d in leads:
+                message = render_alert(
+                    d.stored.item, d.stored.matches, titles.get(d.stored.item.feed)
+                )
+                report += _send(repo, sender_for, pacer, channel, message, [d], now,
+                                stories=[stories.get(d.stored.id)])  # fmt: skip
+        for d in followers:
+            report += _follow_up(repo, sender_for, pacer, channel, d, stories[d.stored.id],
+                                 now, titles)  # fmt: skip
     return report
+
+
+def _leads(story: StoryInfo | None) -> bool:
+    return story is None or story.is_lead
+
+
+def _follow_up(
+    repo: Repository,
+    sender_for: Callable[[str], Sender],
+    pacer: Pacer,
+    channel: str,
+    d: PendingDelivery,
+    story: StoryInfo,
+    now: datetime,
+    titles: dict[str, str],
+) -> DispatchReport:
+    """A later report of a story: a reply under its alert, and the alert's coverage updated."""
+    try:
+        sender = sender_for(channel)
+    except DeliveryError as exc:
+        repo.mark_delivery_retry(d.id, str(exc), now + retry_delay(d.attempts))
+        return DispatchReport(retrying=1)
+    if not getattr(sender, "threads", False):
+        repo.mark_delivery_merged(d.id, now)
+        return DispatchReport(sent=1)
+    parent = repo.story_message(story.story_id, channel)
+    if parent is None:
+        if repo.delivery_status(story.lead_item_id, channel) == "pending":
+            repo.mark_delivery_retry(d.id, "waiting for the story's alert", now + WAIT_FOR_LEAD)
+            return DispatchReport(retrying=1)
+        # the story's alert never reached this channel (another route, or it failed):
+        # this report alerts in its place
+        message = render_alert(d.stored.item, d.stored.matches, titles.get(d.stored.item.feed))
+        return _send(repo, sender_for, pacer, channel, message, [d], now, stories=[story])
+    channel_id, ts = parent
+    reply = render_followup(d.stored.item, titles.get(d.stored.item.feed))
+    result = _send(repo, sender_for, pacer, channel, reply, [d], now, thread_ts=ts)
+    if result.sent:
+        _update_coverage(repo, sender, pacer, channel, channel_id, ts, story, titles)
+    return result
+
+
+def _update_coverage(
+    repo: Repository, sender: Any, pacer: Pacer, channel: str, channel_id: str, ts: str,
+    story: StoryInfo, titles: dict[str, str],
+) -> None:  # fmt: skip
+    fresh = repo.story_of([story.lead_item_id]).get(story.lead_item_id)
+    lead = repo.stored_items([story.lead_item_id]).get(story.lead_item_id)
+    if fresh is None or lead is None:
+        return
+    also = [titles.get(o, o) for o in fresh.outlets if o != lead.item.feed]
+    message = render_alert(lead.item, lead.matches, titles.get(lead.item.feed), also=also)
+    try:
+        pacer.wait(channel)
+        sender.update(channel_id, ts, message)
+    except Exception as exc:  # the reply is sent; a stale count is not worth a retry
+        log.warning("coverage update failed channel=%s story=%d error=%r", channel,
+                    story.story_id, str(exc))  # fmt: skip
 
 
 def _send(
@@ -115,10 +186,17 @@ def _send(
     message: SlackMessage,
     deliveries: list[PendingDelivery],
     now: datetime,
+    *,
+    stories: Sequence[StoryInfo | None] = (),
+    thread_ts: str | None = None,
 ) -> DispatchReport:
     try:
         pacer.wait(channel)
-        sender_for(channel).send(channel, message)
+        sender = sender_for(channel)
+        if thread_ts is not None:
+            response = sender.send(channel, message, thread_ts=thread_ts)
+        else:
+            response = sender.send(channel, message)
     except DeliveryError as exc:
         for d in deliveries:
             if exc.permanent:
@@ -151,4 +229,8 @@ def _send(
         return DispatchReport(retrying=len(deliveries))
     for d in deliveries:
         repo.mark_delivery_sent(d.id, now)
+    ts, channel_id = response.get("ts"), response.get("channel")
+    if ts and channel_id:  # the story's message in this channel: its replies go under it
+        for story in {s.story_id for s in stories if s is not None}:
+            repo.save_story_message(story, channel, str(channel_id), str(ts))
     return DispatchReport(sent=len(deliveries))

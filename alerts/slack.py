@@ -77,8 +77,13 @@ def _inert(text: str) -> str:
 
 
 def render_alert(
-    item: Item, matches: Sequence[Match], feed_title: str | None = None
+    item: Item,
+    matches: Sequence[Match],
+    feed_title: str | None = None,
+    also: Sequence[str] = (),
 ) -> SlackMessage:
+    """One story's alert; `also` names the other outlets that carried it (kept up to date
+    with chat.update as reports arrive)."""
     title = escape(_cut(item.title, 400))
     link = safe_link(item.url)
     headline = f"*<{link}|{title}>*" if link else f"*{title}*"
@@ -99,7 +104,26 @@ def render_alert(
             ],
         },
     ]
+    if also:
+        names = ", ".join(escape(o) for o in also[:10]) + (" …" if len(also) > 10 else "")
+        coverage = f"Also covered by {len(also)} more: {names} (see thread)"
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(coverage, 2000)}]}
+        )
     text = f"{title} ({outlet}{lang}){f' {link}' if link else ''} [{topics}]"
+    return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
+
+
+def render_followup(item: Item, feed_title: str | None = None) -> SlackMessage:
+    """A later report of a story, as a reply in the thread of its alert."""
+    title = escape(_cut(item.title, 400))
+    link = safe_link(item.url)
+    head = f"<{link}|{title}>" if link else title
+    outlet = escape(feed_title or item.feed)
+    lang = f" ({item.language})" if item.language else ""
+    line = f"Also covered by *{outlet}*{lang}: {head}"
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": _cut(line, SECTION_MAX)}}]
+    text = f"Also covered by {outlet}{lang}: {title}{f' {link}' if link else ''}"
     return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
 
 
@@ -165,14 +189,29 @@ class SlackBotSender:
         # may already have accepted. The outbox is the one place that retries.
         self._client = WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=[])
 
-    def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
+    threads = True  # can reply in a thread and update a message
+
+    def send(
+        self, channel: str, message: SlackMessage, thread_ts: str | None = None
+    ) -> dict[str, Any]:
+        extra = {"thread_ts": thread_ts} if thread_ts else {}
+        return self._call(
+            "chat_postMessage", channel=channel, text=message.text,
+            blocks=message.blocks, unfurl_links=False, unfurl_media=False, **extra,
+        )  # fmt: skip
+
+    def update(self, channel_id: str, ts: str, message: SlackMessage) -> dict[str, Any]:
+        return self._call(
+            "chat_update", channel=channel_id, ts=ts, text=message.text,
+            blocks=message.blocks,
+        )  # fmt: skip
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         from slack_sdk.errors import SlackApiError
 
+        channel = str(kwargs.get("channel", ""))
         try:
-            response = self._client.chat_postMessage(
-                channel=channel, text=message.text, blocks=message.blocks,
-                unfurl_links=False, unfurl_media=False,
-            )  # fmt: skip
+            response = getattr(self._client, method)(**kwargs)
         except SlackApiError as exc:
             error, status, headers = _api_error(exc)
             if status == 429 or error == "ratelimited":
@@ -200,6 +239,8 @@ class SlackWebhookSender:
         from slack_sdk.webhook import WebhookClient
 
         self._client = WebhookClient(url=url, timeout=timeout, retry_handlers=[])
+
+    threads = False  # a webhook can neither reply in a thread nor update
 
     def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
         try:
@@ -234,6 +275,8 @@ class SlackWebhookSender:
 
 class ConsoleSender:
     """No Slack configured: print a readable line per alert."""
+
+    threads = False
 
     def __init__(self, stream: Any = None):
         self._stream = stream

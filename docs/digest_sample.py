@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT))
 from alerts.digest import DigestSource, Period, build_digest, render_digest  # noqa: E402
 from monitor.classify import compile_rules  # noqa: E402
 from monitor.config import load_config  # noqa: E402
-from monitor.digests import gate_topic  # noqa: E402
 from monitor.types import Item  # noqa: E402
 
 FEEDS = ["thr", "variety", "deadline", "billboard", "theverge", "thr-roma", "screendaily"]
@@ -48,7 +47,7 @@ def main() -> None:
                 for t, n in counts.items()}  # fmt: skip
     content = build_digest(
         name="weekly", language="en", timezone="Europe/Rome", period=period, sources=sources,
-        labels=labels, gate=gate_topic(config), counts=counts, previous_counts=previous,
+        labels=labels, gate=config.gate(), counts=counts, previous_counts=previous,
         health={"thr-roma": ["failing (2d)"]}, feeds_total=len(config.feeds),
     )  # fmt: skip
     _, html = render_digest(content)

@@ -132,6 +132,9 @@ class Defaults(_Model):
     concurrency: int = Field(default=16, ge=1, le=256)
     per_host_concurrency: int = Field(default=2, ge=1, le=16)
     max_backoff: Duration = timedelta(hours=6)
+    # feeds on loopback, RFC 1918 and other non-public addresses (intranet feeds);
+    # REELWATCH_ALLOW_PRIVATE_NETWORKS=1 does the same
+    allow_private_networks: bool = False
 
     _min_interval = field_validator("interval")(_at_least(timedelta(minutes=1), "1m"))
     _min_timeout = field_validator("timeout")(_at_least(timedelta(seconds=1), "1s"))
@@ -242,6 +245,18 @@ class DigestConfig(_Model):
     language: Literal["en", "it", "es", "fr", "de"] = "en"
 
 
+class StoriesConfig(_Model):
+    # Reports of one event become one story: one alert, later reports in its thread.
+    window: Duration = timedelta(hours=72)  # a story takes new reports this long
+    similarity: float = Field(default=0.5, gt=0, le=1)  # word overlap of near-duplicates
+    min_shared_entities: int = Field(default=2, ge=1)  # names two reports must share
+
+    def rules(self) -> Any:
+        from monitor.stories import StoryRules
+
+        return StoryRules(self.window, self.similarity, self.min_shared_entities)
+
+
 class Config(_Model):
     defaults: Defaults = Defaults()
     feeds: list[FeedConfig] = []
@@ -249,9 +264,15 @@ class Config(_Model):
     watchlists: dict[Name, Annotated[Watchlist, BeforeValidator(_entities)]] = {}
     slack: SlackConfig = SlackConfig()
     digests: dict[Name, DigestConfig] = {}
+    stories: StoriesConfig = StoriesConfig()
 
     def interval(self, feed: FeedConfig) -> timedelta:
         return feed.interval or self.defaults.interval
+
+    def gate(self) -> str | None:
+        """The topic the others require (ai_entertainment in the default pack), if one."""
+        required = {t.requires for t in self.topics.values() if t.requires}
+        return required.pop() if len(required) == 1 else None
 
     def timeout(self, feed: FeedConfig) -> timedelta:
         return feed.timeout or self.defaults.timeout

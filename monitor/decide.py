@@ -5,9 +5,10 @@ Like reader's Decider, nothing here reads a clock or touches storage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from monitor.types import FeedState, FeedUpdate, PollOutcome
+from monitor.types import FeedState, FeedUpdate, HealthNotice, PollOutcome
 
 # A server may ask for a pause with Retry-After; more than a day is not a pause.
 RETRY_AFTER_CAP = timedelta(hours=24)
@@ -20,11 +21,20 @@ def backoff(interval: timedelta, failures: int, cap: timedelta) -> timedelta:
     return min(interval * (2 ** min(failures, 20)), max(cap, interval))
 
 
-def is_due(state: FeedState | None, now: datetime) -> bool:
+def is_due(state: FeedState | None, now: datetime, interval: timedelta | None = None) -> bool:
+    """Due at the stored next poll; a healthy feed also one `interval` after its last
+    attempt, so a shorter interval in an edited feeds.yaml takes effect at once."""
     if state is None:
         return True
     if state.disabled:
         return False
+    if (
+        interval is not None
+        and not state.consecutive_failures
+        and state.last_attempt is not None
+        and state.last_attempt + interval <= now
+    ):
+        return True
     return state.next_poll is None or state.next_poll <= now
 
 
@@ -106,6 +116,35 @@ def health_flags(
         if quiet > max(5 * rhythm, SILENT_MIN):
             flags.append(f"silent for {quiet.days}d (usually every {_human(rhythm)})")
     return flags
+
+
+# the health flags worth a notice (not "never polled": a new feed is not a problem)
+NOTICE_FLAGS = ("failing", "silent", "disabled")
+
+
+def flag_kind(flag: str) -> str:
+    """'failing (2d)' -> 'failing': what a flag is, without the numbers that change daily."""
+    return flag.split(" ", 1)[0]
+
+
+def decide_notices(
+    flags: Mapping[str, Sequence[str]], noticed: Mapping[str, str]
+) -> list[HealthNotice]:
+    """One notice when a feed starts to need a look and one when it recovers, not one per
+    check. `flags`: health_flags of the feeds judged now; `noticed`: the flag last noticed
+    per feed. A feed not in `flags` keeps what was noticed."""
+    out = []
+    for feed, feed_flags in flags.items():
+        problem = next((f for f in feed_flags if flag_kind(f) in NOTICE_FLAGS), None)
+        kind = flag_kind(problem) if problem else None
+        before = noticed.get(feed)
+        if kind == before:
+            continue
+        if kind is None and before is not None:
+            out.append(HealthNotice(feed, before, recovered=True))
+        elif problem is not None and kind is not None:
+            out.append(HealthNotice(feed, kind, problem))
+    return out
 
 
 def _human(delta: timedelta) -> str:

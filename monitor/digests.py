@@ -34,12 +34,6 @@ def feed_health(config: Config, repo: Any, now: datetime) -> dict[str, list[str]
     return out
 
 
-def gate_topic(config: Config) -> str | None:
-    """The topic the others require (ai_entertainment in the default pack), if one."""
-    required = {t.requires for t in config.topics.values() if t.requires}
-    return required.pop() if len(required) == 1 else None
-
-
 def digest_setups(
     config: Config, health: Mapping[str, Sequence[str]], names: Sequence[str] | None = None
 ) -> list[DigestSetup]:
@@ -55,7 +49,7 @@ def digest_setups(
             subject=d.subject,
             language=d.language,
             topic_labels=labels,
-            gate=gate_topic(config),
+            gate=config.gate(),
             health=health,
             feeds_total=feeds_total,
         )

@@ -118,12 +118,17 @@ class Poller:
         # One thread owns the database: SQLite writes never contend, the loop never blocks.
         self._db: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelwatch-db")
         self._rules = config.rules()
+        repo.configure_stories(config.stories.rules(), config.gate())
         self._writes: list[tuple[PollWrite, asyncio.Future[StoreResult | Exception]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config, router: Router | None) -> None:
+        """Take an edited feeds.yaml. A parse job takes the rules, and a poll's write the
+        router, when it starts: the next ones use the new, none sees a half-swapped mix."""
         self.config = config
         self._rules = config.rules()
+        self.router = router
+        self.repo.configure_stories(config.stories.rules(), config.gate())
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)

@@ -1,36 +1,57 @@
 """`reelwatch run`: APScheduler wiring only. Each feed is a job on its own interval with
-jitter; the stored feed state (backoff, Retry-After) decides whether a tick polls."""
+jitter; the stored feed state (backoff, Retry-After) decides whether a tick polls.
+A saved feeds.yaml is applied without a restart (Service.apply); a broken one is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from alerts.notices import render_config_refused
 from alerts.outbox import Pacer, dispatch_pending
-from alerts.slack import SlackSettings
-from monitor.config import Config, FeedConfig
+from alerts.routing import make_router
+from alerts.slack import SlackMessage, SlackSettings
+from monitor.config import Config, FeedConfig, load_config, parse_config
 from monitor.decide import is_due
+from monitor.errors import ConfigError, DeliveryError
+from monitor.health import check_health
 from monitor.pipeline import Poller, utcnow
+from monitor.reload import ConfigChange, diff_config, watch_config
+from monitor.types import FeedState
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "scheduler"
 HEARTBEAT_EVERY = timedelta(seconds=30)
 DISPATCH_EVERY = timedelta(seconds=10)
+HEALTH_EVERY = timedelta(minutes=5)
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
 
 
 class Service:
-    def __init__(self, config: Config, poller: Poller, slack: SlackSettings):
+    def __init__(
+        self,
+        config: Config,
+        poller: Poller,
+        slack: SlackSettings,
+        config_path: Path | None = None,  # watched for edits; None: no hot reload
+    ):
         self.config = config
         self.poller = poller
         self.slack = slack
+        self.config_path = config_path
+        self._config_text: str | None = None  # the text last read, good or refused
+        self._refused: str | None = None  # the refusal last posted; a good edit clears it
+        self._started = utcnow()
         self.scheduler = AsyncIOScheduler(
             timezone="UTC",
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
@@ -56,13 +77,22 @@ class Service:
             self.heartbeat, IntervalTrigger(seconds=HEARTBEAT_EVERY.total_seconds()),
             id="heartbeat", next_run_time=now,
         )  # fmt: skip
+        self.scheduler.add_job(
+            self.check_health, IntervalTrigger(seconds=HEALTH_EVERY.total_seconds()), id="health"
+        )
         self.scheduler.start()
+        watcher = asyncio.create_task(self.watch_config()) if self.config_path else None
         feeds = sum(1 for f in self.config.feeds if f.enabled)
         log.info("service started feeds=%d topics=%d", feeds, len(self.config.topics))
         try:
             await self._stop.wait()
         finally:
             log.info("service stopping")
+            self._stop.set()  # also ends the watch of feeds.yaml
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             self.scheduler.shutdown(wait=False)
             await self.poller.aclose()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,11 +100,13 @@ class Service:
 
     async def schedule_feeds(self) -> None:
         states = await self.poller.db(self.poller.repo.feed_states)
+        self._schedule([f for f in self.config.feeds if f.enabled], states)
+
+    def _schedule(self, feeds: list[FeedConfig], states: dict[str, FeedState]) -> None:
         now = utcnow()
-        enabled = [f for f in self.config.feeds if f.enabled]
-        spread = min(STARTUP_SPREAD_MAX, 0.05 * len(enabled))
-        for feed in enabled:
-            interval = self.config.interval(feed).total_seconds()
+        spread = min(STARTUP_SPREAD_MAX, 0.05 * len(feeds))
+        for feed in feeds:
+            interval = self.config.interval(feed)
             state = states.get(feed.name)
             if state is not None and state.url != feed.url:
                 state = None  # a new URL starts afresh, even for a feed that was gone
@@ -86,27 +118,119 @@ class Service:
                 continue
             # the record in storage, not the scheduler's memory, says when a feed is due
             first = now + timedelta(seconds=random.uniform(0, spread))
-            if (
-                state is not None
-                and state.url == feed.url
-                and state.next_poll
-                and state.next_poll > first
-            ):
-                first = state.next_poll
+            if state is not None and state.next_poll:
+                due = state.next_poll
+                if not state.consecutive_failures and state.last_attempt:
+                    due = min(due, state.last_attempt + interval)  # an interval made shorter
+                first = max(first, due)
+            seconds = interval.total_seconds()
             self.scheduler.add_job(
-                self.poll, IntervalTrigger(seconds=interval, jitter=min(interval * 0.1, 60)),
+                self.poll, IntervalTrigger(seconds=seconds, jitter=min(seconds * 0.1, 60)),
                 args=[feed], id=f"feed:{feed.name}", next_run_time=first, replace_existing=True,
             )  # fmt: skip
+
+    async def apply(self, config: Config) -> ConfigChange:
+        """Run on an edited feeds.yaml: swap the config, the classifier rules and the Slack
+        router, and reschedule the feeds that were added, removed or changed."""
+        states = await self.poller.db(self.poller.repo.feed_states)
+        change = diff_config(self.config, config)
+        router = make_router(config.slack, self.slack.transport)
+        # Nothing below awaits: every job on the loop sees the old config or the new.
+        self.config = config
+        self.poller.reconfigure(config, router)
+        self._refused = None
+        for name in (*change.feeds_removed, *change.feeds_changed):
+            if self.scheduler.get_job(f"feed:{name}") is not None:
+                self.scheduler.remove_job(f"feed:{name}")  # its stored items stay
+        fresh = {*change.feeds_added, *change.feeds_changed}
+        self._schedule([f for f in config.feeds if f.enabled and f.name in fresh], states)
+        log.info("config reloaded %s", change.summary())
+        return change
+
+    async def reload(self) -> None:
+        """Read feeds.yaml again; apply it, or refuse it and keep the last good one."""
+        assert self.config_path is not None
+        try:
+            text: str | None = self.config_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None  # load_config below says what is wrong
+        if text is not None and text == self._config_text:
+            return  # an editor's save often comes as several events
+        self._config_text = text
+        try:
+            if text is None:
+                config = load_config(self.config_path)
+            else:
+                config = parse_config(text, str(self.config_path))
+        except ConfigError as exc:
+            await self.refuse(exc)
+            return
+        await self.apply(config)
+
+    async def refuse(self, exc: ConfigError) -> None:
+        problems = str(exc)
+        log.error(
+            "config refused, still running on the last good one: %s",
+            " | ".join(problems.splitlines()),
+        )
+        if problems == self._refused:
+            return  # said once already; a good edit lets the next refusal be said again
+        self._refused = problems
+        try:
+            await asyncio.to_thread(self._send_notice, render_config_refused(problems))
+        except DeliveryError as exc:
+            log.error("config refusal notice not sent error=%r", str(exc))
+
+    async def watch_config(self) -> None:
+        assert self.config_path is not None
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            self._config_text = self.config_path.read_text(encoding="utf-8")
+        polling: bool | None = None  # watchfiles' choice: inotify on Linux
+        while True:
+            try:
+                async for _ in watch_config(self.config_path, self._stop, force_polling=polling):
+                    try:
+                        await self.reload()
+                    except Exception:  # a reload's surprise must not end the watch
+                        log.exception("config reload crashed")
+                return  # stopped
+            except Exception as exc:  # e.g. the inotify watch limit is reached
+                if polling:
+                    raise
+                log.warning("config watch failed error=%r: checking every second instead", exc)
+                polling = True
+
+    async def check_health(self) -> None:
+        notices = await asyncio.to_thread(
+            check_health, self.poller.repo, self.config, self._send_notice, utcnow(),
+            judged_since=self._started,
+        )  # fmt: skip
+        if notices:
+            log.info("health notices sent=%d", len(notices))
+
+    def _send_notice(self, message: SlackMessage) -> Any:
+        """Post a notice to the Slack default channel (stdout without Slack); in a thread.
+        A bot token with no default channel has nowhere to post: the log line says it all."""
+        channel = make_router(self.config.slack, self.slack.transport).default_channel
+        if channel is None:
+            return None
+        self._pacer.wait(channel)
+        return self.slack.sender_for(channel).send(channel, message)
 
     async def poll(self, feed: FeedConfig) -> None:
         state = await self.poller.db(self.poller.repo.feed_state, feed.name)
         now = utcnow()
         # a tick may come up to the jitter early; backoff pushes next_poll well past a tick
         slack = timedelta(seconds=min(self.config.interval(feed).total_seconds() * 0.25, 120))
-        if state is not None and state.url == feed.url and not is_due(state, now + slack):
+        interval = self.config.interval(feed)
+        if (
+            state is not None
+            and state.url == feed.url
+            and not is_due(state, now + slack, interval=interval)
+        ):
             return
         report = await self.poller.poll_feed(feed)
-        if report.status == "gone":
+        if report.status == "gone" and self.scheduler.get_job(f"feed:{feed.name}") is not None:
             self.scheduler.remove_job(f"feed:{feed.name}")
         if report.deliveries:
             self.scheduler.modify_job("dispatch", next_run_time=utcnow())

@@ -115,3 +115,13 @@ class FeedUpdate:
     disabled: bool
     elapsed_ms: int
     title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthNotice:
+    """A feed started to need a look (failing, silent, disabled), or recovered from it."""
+
+    feed: str
+    flag: str  # failing | silent | disabled: the problem, or for a recovery the one that ended
+    detail: str = ""  # the flag as `reelwatch feeds status` shows it, e.g. "failing (2d)"
+    recovered: bool = False

@@ -147,3 +147,53 @@ class DigestRow(SQLModel, table=True):
     next_attempt: datetime | None = _utc()
     sent_at: datetime | None = _utc()
     updated: datetime = _utc(nullable=False)
+
+
+class StoryRow(SQLModel, table=True):
+    """One news event, however many outlets and languages carry it."""
+
+    __tablename__ = "stories"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_item_id: int = Field(foreign_key="items.id")  # the first report: it alerted
+    title: str = Field(sa_type=Text)
+    first_seen: datetime = _utc(nullable=False, index=True)
+    last_seen: datetime = _utc(nullable=False)
+    items: int = 1
+    outlets: list[str] = Field(default_factory=list, sa_type=JSON)
+    languages: list[str] = Field(default_factory=list, sa_type=JSON)
+    topics: list[str] = Field(default_factory=list, sa_type=JSON)
+    # signatures (monitor.stories.Signature.to_json) of the first members, compared with
+    # each new item
+    signatures: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+
+
+class StoryKeyRow(SQLModel, table=True):
+    """Index keys of open stories (link, title, names, word sketch): candidates by lookup."""
+
+    __tablename__ = "story_keys"
+    __table_args__ = (Index("ix_story_keys_key_seen", "key", "first_seen"),)
+
+    key: str = Field(primary_key=True, sa_type=Text)
+    story_id: int = Field(primary_key=True, foreign_key="stories.id")
+    first_seen: datetime = _utc(nullable=False)
+
+
+class StoryItemRow(SQLModel, table=True):
+    __tablename__ = "story_items"
+
+    item_id: int = Field(primary_key=True, foreign_key="items.id")
+    story_id: int = Field(foreign_key="stories.id", index=True)
+    reason: str = Field(default="", sa_type=Text)  # why it joined ("same names (…)")
+    exact: bool = False  # a syndicated copy: counted, never alerted
+
+
+class StoryMessageRow(SQLModel, table=True):
+    """The Slack message a story's alert became in a channel: replies thread under it."""
+
+    __tablename__ = "story_messages"
+
+    story_id: int = Field(primary_key=True, foreign_key="stories.id")
+    channel: str = Field(primary_key=True)
+    channel_id: str  # what Slack answered (chat.update wants the id)
+    ts: str

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlmodel import Session, SQLModel
 
+from monitor import stories as story_rules
 from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedFeed
 from storage.models import (
     DeliveryRow,
@@ -25,9 +26,14 @@ from storage.models import (
     HeartbeatRow,
     ItemRow,
     MatchRow,
+    StoryItemRow,
+    StoryKeyRow,
+    StoryMessageRow,
+    StoryRow,
 )
 
 _STALE_SENDING = timedelta(hours=1)  # a digest "sending" this long was cut off: take it again
+_STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
@@ -99,6 +105,27 @@ class DigestRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StoryInfo:
+    story_id: int
+    lead_item_id: int
+    is_lead: bool
+    outlets: tuple[str, ...]
+    items: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoryRecord:
+    id: int
+    title: str
+    items: tuple[int, ...]
+    outlets: tuple[str, ...]
+    languages: tuple[str, ...]
+    first_seen: datetime
+    last_seen: datetime
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PendingDelivery:
     id: int
     channel: str
@@ -147,6 +174,11 @@ def _to_state(row: FeedRow) -> FeedState:
 class Repository:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.story_rules = story_rules.StoryRules()
+        self.gate: str | None = None  # the topic every relevant item has: not a story topic
+
+    def configure_stories(self, rules: story_rules.StoryRules, gate: str | None) -> None:
+        self.story_rules, self.gate = rules, gate
 
     def _insert(self) -> Any:
         """The dialect's INSERT, which knows ON CONFLICT."""
@@ -304,11 +336,22 @@ class Repository:
         )
         new_ids = {identity: id_ for id_, identity in conn.execute(stmt, rows)}
         match_rows = []
+        for identity, item_id in new_ids.items():
+            match_rows += [_match_row(item_id, m) for m in parsed.matches.get(identity, ())]
+        if match_rows:
+            conn.execute(self._insert()(MatchRow.__table__).on_conflict_do_nothing(), match_rows)
+        by_identity = {i.identity: i for i in items}
+        copies = set()  # syndicated copies of a story already alerted: counted, not sent
+        for identity, item_id in new_ids.items():
+            matches = parsed.matches.get(identity, ())
+            if matches and self._join_story(conn, item_id, by_identity[identity], matches, now):
+                copies.add(item_id)
         delivery_rows = []
         for identity, item_id in new_ids.items():
             matches = parsed.matches.get(identity, ())
-            match_rows += [_match_row(item_id, m) for m in matches]
-            for channel in router.channels(feed, matches) if matches and router else ():
+            if not matches or not router or item_id in copies:
+                continue
+            for channel in router.channels(feed, matches):
                 delivery_rows.append(
                     {
                         "item_id": item_id,
@@ -319,13 +362,136 @@ class Repository:
                         "created": now,
                     }
                 )
-        if match_rows:
-            conn.execute(self._insert()(MatchRow.__table__).on_conflict_do_nothing(), match_rows)
         if delivery_rows:
             conn.execute(
                 self._insert()(DeliveryRow.__table__).on_conflict_do_nothing(), delivery_rows
             )
         return StoreResult(len(new_ids), len(match_rows), len(delivery_rows))
+
+    # -- stories -----------------------------------------------------------------------------
+
+    def _join_story(
+        self, conn: Connection, item_id: int, item: Item, matches: Sequence[Match], now: datetime
+    ) -> bool:
+        """Put a new relevant item in its story (an open one it reports, or a new one).
+        True when it is an exact copy (same link or title) of a story's item."""
+        rules = self.story_rules
+        sig = story_rules.signature(item, matches, self.gate)
+        keys = story_rules.keys(sig)
+        opened_after = now - rules.window
+        kt, st = StoryKeyRow.__table__, StoryRow.__table__
+        candidate_ids = list(
+            conn.execute(
+                select(kt.c.story_id)
+                .where(kt.c.key.in_(list(keys)), kt.c.first_seen >= opened_after)
+                .distinct()
+            ).scalars()
+        )
+        candidates = []
+        if candidate_ids:
+            for row in conn.execute(
+                select(st.c.id, st.c.signatures).where(st.c.id.in_(candidate_ids))
+            ):
+                candidates += [(row.id, story_rules.Signature.from_json(d)) for d in row.signatures]
+        found = story_rules.best_story(sig, candidates, rules)
+        topics = sorted(m.topic for m in matches)
+        if found is None:
+            story_id = conn.execute(
+                self._insert()(st)
+                .values(lead_item_id=item_id, title=item.title[:500], first_seen=now,
+                        last_seen=now, items=1, outlets=[item.feed],
+                        languages=[item.language] if item.language else [], topics=topics,
+                        signatures=[sig.to_json()])
+                .returning(st.c.id)
+            ).scalar_one()  # fmt: skip
+            reason, exact = "first report", False
+            self._add_story_keys(conn, story_id, keys, now)
+        else:
+            story_id, reason, exact = found
+            row = conn.execute(select(st).where(st.c.id == story_id)).one()
+            values: dict[str, Any] = {"items": row.items + 1, "last_seen": now}
+            if item.feed not in row.outlets:
+                values["outlets"] = [*row.outlets, item.feed]
+            if item.language and item.language not in row.languages:
+                values["languages"] = [*row.languages, item.language]
+            if set(topics) - set(row.topics):
+                values["topics"] = sorted(set(row.topics) | set(topics))
+            if not exact and len(row.signatures) < _STORY_SIGNATURES:
+                values["signatures"] = [*row.signatures, sig.to_json()]
+                self._add_story_keys(conn, story_id, keys, row.first_seen)
+            conn.execute(update(st).where(st.c.id == story_id).values(**values))
+        conn.execute(
+            self._insert()(StoryItemRow.__table__)
+            .values(item_id=item_id, story_id=story_id, reason=reason, exact=exact)
+            .on_conflict_do_nothing()
+        )
+        return exact
+
+    def _add_story_keys(
+        self, conn: Connection, story_id: int, keys: Iterable[str], first_seen: datetime
+    ) -> None:
+        rows = [{"key": k[:500], "story_id": story_id, "first_seen": first_seen} for k in keys]
+        if rows:
+            conn.execute(self._insert()(StoryKeyRow.__table__).on_conflict_do_nothing(), rows)
+
+    def story_of(self, item_ids: Sequence[int]) -> dict[int, StoryInfo]:
+        """For items in a story: the story, whether the item leads it, and its coverage."""
+        out: dict[int, StoryInfo] = {}
+        with Session(self.engine) as s:
+            for chunk in _chunks(list(item_ids)):
+                q = (
+                    select(StoryItemRow.item_id, StoryRow)
+                    .join(StoryRow, StoryRow.id == StoryItemRow.story_id)
+                    .where(StoryItemRow.item_id.in_(chunk))
+                )
+                for item_id, story in s.execute(q):
+                    out[item_id] = StoryInfo(
+                        story.id, story.lead_item_id, story.lead_item_id == item_id,
+                        tuple(story.outlets), story.items,
+                    )  # fmt: skip
+        return out
+
+    def story_message(self, story_id: int, channel: str) -> tuple[str, str] | None:
+        """(channel id, ts) of the message a story's alert became in a channel."""
+        with Session(self.engine) as s:
+            row = s.get(StoryMessageRow, (story_id, channel))
+            return (row.channel_id, row.ts) if row else None
+
+    def save_story_message(self, story_id: int, channel: str, channel_id: str, ts: str) -> None:
+        stmt = self._insert()(StoryMessageRow.__table__).values(
+            story_id=story_id, channel=channel, channel_id=channel_id, ts=ts
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing())
+
+    def delivery_status(self, item_id: int, channel: str) -> str | None:
+        with Session(self.engine) as s:
+            return s.execute(
+                select(DeliveryRow.status).where(
+                    DeliveryRow.item_id == item_id, DeliveryRow.channel == channel
+                )
+            ).scalar()
+
+    def list_stories(self, since: datetime, limit: int | None = 200) -> list[StoryRecord]:
+        with Session(self.engine) as s:
+            q = select(StoryRow).where(StoryRow.first_seen >= since)
+            q = q.order_by(StoryRow.items.desc(), StoryRow.first_seen.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            stories = list(s.execute(q).scalars())
+            members: dict[int, list[int]] = {}
+            for chunk in _chunks([st.id for st in stories]):
+                for item_id, story_id in s.execute(
+                    select(StoryItemRow.item_id, StoryItemRow.story_id)
+                    .where(StoryItemRow.story_id.in_(chunk))
+                    .order_by(StoryItemRow.item_id)
+                ):
+                    members.setdefault(story_id, []).append(item_id)
+            return [
+                StoryRecord(st.id, st.title, tuple(members.get(st.id, ())), tuple(st.outlets),
+                            tuple(st.languages), st.first_seen, st.last_seen, tuple(st.topics))
+                for st in stories
+            ]  # fmt: skip
 
     # -- items -------------------------------------------------------------------------------
 
@@ -349,6 +515,18 @@ class Repository:
                 q = q.limit(limit)
             rows = list(s.execute(q).scalars())
             return self._with_matches(s, rows)
+
+    def stored_items(self, ids: Sequence[int]) -> dict[int, StoredItem]:
+        with Session(self.engine) as s:
+            rows = []
+            for chunk in _chunks(list(ids)):
+                rows += list(s.execute(select(ItemRow).where(ItemRow.id.in_(chunk))).scalars())
+            return {si.id: si for si in self._with_matches(s, rows)}
+
+    def mark_delivery_merged(self, delivery_id: int, now: datetime) -> None:
+        """A later report of a story where Slack cannot thread (webhook, console): its
+        story's alert stands for it; nothing is sent."""
+        self._update_delivery(delivery_id, status="merged", sent_at=now, last_error=None)
 
     def _with_matches(self, s: Session, rows: Sequence[ItemRow]) -> list[StoredItem]:
         by_item: dict[int, list[Match]] = {}

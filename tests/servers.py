@@ -163,9 +163,26 @@ class _SlackHandler(BaseHTTPRequestHandler):
             with owner.lock:
                 owner.calls.append(call)
                 ts = f"{time.time():.6f}"
+                while ts in owner.posted:
+                    ts = f"{float(ts) + 0.000001:.6f}"
+                owner.posted[ts] = owner.channel_id(channel)
             self._json(
-                {"ok": True, "channel": "C0001", "ts": ts, "message": {"text": payload.get("text")}}
-            )
+                {"ok": True, "channel": owner.channel_id(channel), "ts": ts,
+                 "message": {"text": payload.get("text")}}
+            )  # fmt: skip
+            return
+        if self.path == "/api/chat.update":
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if token != owner.token:
+                self._json({"ok": False, "error": "invalid_auth"})
+                return
+            ts, channel = payload.get("ts"), payload.get("channel")
+            if owner.posted.get(ts) != channel:  # chat.update wants the channel's id
+                self._json({"ok": False, "error": "message_not_found"})
+                return
+            with owner.lock:
+                owner.updates.append(call)
+            self._json({"ok": True, "channel": channel, "ts": ts})
             return
         self._json({"ok": False, "error": "unknown_method"}, 404)
 
@@ -182,7 +199,8 @@ class _SlackHandler(BaseHTTPRequestHandler):
 
 
 class SlackServer:
-    """Speaks enough of the Slack Web API (chat.postMessage) and incoming webhooks."""
+    """Speaks enough of the Slack Web API (chat.postMessage with threads, chat.update) and
+    incoming webhooks."""
 
     token = "xoxb-test-token"
 
@@ -190,6 +208,8 @@ class SlackServer:
         self.channels = set(channels)
         self.outside = {"#private"}  # exists, but the bot was not invited
         self.calls: list[SlackCall] = []  # accepted messages
+        self.updates: list[SlackCall] = []  # accepted chat.update calls
+        self.posted: dict[str, str] = {}  # ts -> channel id of every accepted message
         self.attempts: list[SlackCall] = []  # every request, accepted or not
         self.failures: list = []  # answers to force, in order: (status, body, headers) or "reset"
         self.delay = 0.0  # seconds before each answer
@@ -199,6 +219,9 @@ class SlackServer:
         self.api_url = self.base + "/api/"
         self.webhook_url = self.base + "/services/T000/B000/XXXX"
 
+    def channel_id(self, name: str) -> str:
+        return "C" + format(abs(hash(name)) % 10**8, "08d")
+
     def fail_next(
         self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> None:
@@ -207,3 +230,128 @@ class SlackServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# -- hostile servers: behaviours a feed host may have, for tests/test_hostile.py ------------
+
+
+def _start_at(host: str, handler_cls: type[BaseHTTPRequestHandler], owner: Any) -> _Server:
+    server = _Server((host, 0), handler_cls)
+    server.owner = owner  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+class FeedServerAt(FeedServer):
+    """A FeedServer on another loopback address (127.0.0.2 by default): a second host,
+    e.g. the target of a redirect that the fetcher must refuse."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        self.routes = {}
+        self.requests = []
+        self._server = _start_at(host, _FeedHandler, self)
+        self.base = f"http://{host}:{self._server.server_address[1]}"
+
+
+Handler = Callable[[BaseHTTPRequestHandler], None]
+
+
+def endless_chunked(handler: BaseHTTPRequestHandler) -> None:
+    """A chunked body that never ends."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/rss+xml")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    chunk = b"<item>" * 10_000
+    try:
+        while True:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except OSError:
+        pass
+
+
+def lying_length(length: int) -> Handler:
+    """Announces a `length`-byte body and sends a few bytes of it."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/rss+xml")
+        handler.send_header("Content-Length", str(length))
+        handler.end_headers()
+        handler.wfile.write(b"<rss>")
+
+    return send
+
+
+def trickle(every: float, total: int = 1000) -> Handler:
+    """A body one byte every `every` seconds: no read timeout ever trips."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/rss+xml")
+        handler.send_header("Content-Length", str(total))
+        handler.end_headers()
+        try:
+            for _ in range(total):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(every)
+        except OSError:
+            pass
+
+    return send
+
+
+def slow_headers(every: float) -> Handler:
+    """The status line, then the headers one byte every `every` seconds."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        head = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000 + b"\r\n\r\n"
+        try:
+            handler.wfile.write(head[:17])
+            handler.wfile.flush()
+            for byte in head[17:]:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(every)
+        except OSError:
+            pass
+        handler.close_connection = True
+
+    return send
+
+
+def silent(seconds: float = 30.0) -> Handler:
+    """Reads the request and answers nothing for `seconds`, then hangs up."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(seconds)
+        handler.close_connection = True
+
+    return send
+
+
+def changing_guids(items: list[tuple[str, str]]) -> Handler:
+    """An RSS feed of (title, link) whose guids change on every request, without ETag."""
+    served = [0]
+    lock = threading.Lock()
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        with lock:
+            served[0] += 1
+            n = served[0]
+        entries = "".join(
+            f"<item><guid>urn:uuid:{n}-{i}</guid><title>{title}</title><link>{link}</link></item>"
+            for i, (title, link) in enumerate(items)
+        )
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>C</title>'
+            f"{entries}</channel></rss>"
+        ).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/rss+xml; charset=utf-8")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return send

@@ -97,3 +97,15 @@ def test_health_flags(state, items: int, last_new, flags: list[str]) -> None:
     got = health_flags(state, items_in_window=items, window=30 * DAY, last_new_item=last_new,
                        now=NOW)  # fmt: skip
     assert got == flags
+
+
+@pytest.mark.parametrize(
+    "failures, due",
+    [(0, True), (2, False)],  # a backing-off feed keeps its backoff
+)
+def test_a_shorter_interval_makes_a_healthy_feed_due_at_once(failures: int, due: bool) -> None:
+    state = FeedState("f", "u", consecutive_failures=failures, last_attempt=NOW,
+                      next_poll=NOW + timedelta(hours=6))  # fmt: skip
+    later = NOW + timedelta(minutes=2)
+    assert is_due(state, later) is False
+    assert is_due(state, later, interval=timedelta(minutes=1)) is due

@@ -86,7 +86,7 @@ def store(repo: Repository, n: int, router: Router) -> None:
             f"g{i}",
             None,
             f"https://thr.example/{i}",
-            f"Story {i} <!channel>",
+            f"Studio{i} signs deal number{i} <!channel>",
             "s",
             NOW,
             "en",

@@ -1,0 +1,215 @@
+"""A saved feeds.yaml is applied by the running service; a broken one is refused, once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alerts.routing import make_router
+from alerts.slack import SlackSettings
+from monitor.config import parse_config
+from monitor.errors import ConfigError
+from monitor.pipeline import Poller
+from monitor.reload import diff_config
+from monitor.scheduler import Service
+from storage import Repository, make_engine
+from tests.servers import FeedServer, SlackServer
+from tests.test_service import stop, wait_for
+
+BASE = """\
+defaults:
+  interval: 15m
+feeds:
+  - name: thr
+    url: https://thr.example/feed
+  - name: variety
+    url: https://variety.example/feed
+topics:
+  ai:
+    label: AI
+    query: [AI]
+slack:
+  default_channel: "#ai-news"
+"""
+
+
+@pytest.mark.parametrize(
+    "edit, summary",
+    [
+        ((), "feeds_added=- feeds_removed=- feeds_changed=- topics_changed=- "
+             "watchlists_changed=- slack=same digests=same"),
+        ((("  - name: variety\n    url: https://variety.example/feed\n", ""),),
+         "feeds_added=- feeds_removed=variety feeds_changed=- topics_changed=- "
+         "watchlists_changed=- slack=same digests=same"),
+        ((("topics:", "  - name: deadline\n    url: https://deadline.example/feed\ntopics:"),
+          ("https://thr.example/feed", "https://thr.example/rss")),
+         "feeds_added=deadline feeds_removed=- feeds_changed=thr topics_changed=- "
+         "watchlists_changed=- slack=same digests=same"),
+        ((("interval: 15m", "interval: 1h"),),  # the default interval changes every feed
+         "feeds_added=- feeds_removed=- feeds_changed=thr,variety topics_changed=- "
+         "watchlists_changed=- slack=same digests=same"),
+        ((("query: [AI]", "query: [AI, Sora]"), ('"#ai-news"', '"#news"')),
+         "feeds_added=- feeds_removed=- feeds_changed=- topics_changed=ai "
+         "watchlists_changed=- slack=changed digests=same"),
+        ((("defaults:\n", "defaults:\n  user_agent: me/1.0\n"),
+          ("slack:", "watchlists:\n  studios: [Lionsgate]\nslack:")),
+         "feeds_added=- feeds_removed=- feeds_changed=- topics_changed=- "
+         "watchlists_changed=studios slack=same digests=same restart_needed=defaults.user_agent"),
+    ],
+)  # fmt: skip
+def test_reload_summary_names_what_changed(edit: tuple[tuple[str, str], ...], summary: str) -> None:
+    text = BASE
+    for old, new in edit:
+        assert old in text
+        text = text.replace(old, new)
+    assert diff_config(parse_config(BASE), parse_config(text)).summary() == summary
+
+
+def rss(name: str, title: str) -> bytes:
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0"><channel><title>{name}</title><link>https://{name}.example/</link>
+<description>news</description>
+<item><title>{title}</title><link>https://{name}.example/1</link><guid>{name}-1</guid>
+<pubDate>Mon, 23 Nov 2026 08:00:00 GMT</pubDate></item>
+</channel></rss>""".encode()
+
+
+def test_apply_reschedules_feeds_and_swaps_the_rules_and_routes(feed_server: FeedServer) -> None:
+    a = feed_server.add("/a.xml", rss("a", "A new song tops the charts"))
+    b = feed_server.add("/b.xml", rss("b", "Box office weekend"))
+    c = feed_server.add("/c.xml", rss("c", "A new song written by AI"))
+    old = parse_config(
+        f"feeds:\n  - name: a\n    url: {a}\n  - name: b\n    url: {b}\n"
+        "topics:\n  ai:\n    label: AI\n    query: [AI]\n"
+        "slack:\n  default_channel: '#ai-news'\n"
+    )
+    new = parse_config(
+        f"feeds:\n  - name: a\n    url: {a}\n    interval: 1h\n  - name: c\n    url: {c}\n"
+        "topics:\n  ai:\n    label: AI\n    query: [AI]\n"
+        "  music:\n    label: Music\n    query: [song]\n"
+        "slack:\n  default_channel: '#ai-news'\n"
+        "  routes:\n    - topics: [music]\n      channel: '#music'\n"
+    )
+    repo = Repository(make_engine())
+    repo.create_schema()
+    slack = SlackSettings(webhook_url=None, bot_token="xoxb-unused", api_url="http://127.0.0.1:9/")
+
+    async def scenario() -> None:
+        poller = Poller(old, repo, router=make_router(old.slack, slack.transport), parse_workers=1)
+        service = Service(old, poller, slack)
+        try:
+            await service.schedule_feeds()
+            assert {j.id for j in service.scheduler.get_jobs()} == {"feed:a", "feed:b"}
+            change = await service.apply(new)
+            assert (change.feeds_added, change.feeds_removed, change.feeds_changed) == (
+                ("c",), ("b",), ("a",)
+            )  # fmt: skip
+            jobs = {j.id: j for j in service.scheduler.get_jobs()}
+            assert set(jobs) == {"feed:a", "feed:c"}
+            assert jobs["feed:a"].trigger.interval.total_seconds() == 3600
+            assert jobs["feed:a"].args[0] == new.feed("a")
+            assert service.config is new and poller.config is new
+            # the new topic classifies, and the new route takes what it matches
+            report = await poller.poll_feed(new.feed("c"))
+            assert (report.new_items, report.matches, report.deliveries) == (1, 2, 1)
+        finally:
+            await poller.aclose()
+
+    asyncio.run(scenario())
+    (stored,) = repo.list_items(feed="c")
+    assert {m.topic for m in stored.matches} == {"ai", "music"}
+    assert [d.channel for d in repo.deliveries()] == ["#music"]
+
+
+def feeds_yaml(feeds: dict[str, str], broken: bool = False) -> str:
+    lines = ["defaults:", "  interval: 1m", "  timeout: 5s", "feeds:"]
+    for name, url in feeds.items():
+        lines += [f"  - name: {name}", f"    url: {url}"]
+    if broken:
+        lines.append("    interval: 15 minutes")
+    lines += [
+        "topics:",
+        "  ai:",
+        "    label: AI",
+        "    query: [AI, artificial intelligence]",
+        "slack:",
+        '  default_channel: "#ai-news"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def save(path: Path, text: str) -> None:
+    """Save the way most editors do: write a temporary file, rename it over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_run_applies_a_saved_feeds_yaml_and_refuses_a_broken_one_once(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    urls = {n: feed_server.add(f"/{n}.xml", rss(n, f"{n} box office")) for n in ("a", "b", "c")}
+    config = tmp_path / "feeds.yaml"
+    config.write_text(feeds_yaml({"a": urls["a"]}))
+    log_path = tmp_path / "run.log"
+    env = dict(os.environ)
+    env |= {"REELWATCH_SLACK_BOT_TOKEN": slack_server.token,
+            "REELWATCH_SLACK_API_URL": slack_server.api_url}  # fmt: skip
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def log() -> str:
+        return log_path.read_text()
+
+    def refusals() -> list:
+        return [c for c in slack_server.calls if "was refused" in c.payload.get("text", "")]
+
+    try:
+        assert wait_for(lambda: len(feed_server.seen("/a.xml")) == 1)
+        first_poll_of_a = time.monotonic()
+
+        # a new feed, saved the way editors save: polled at once, no restart
+        save(config, feeds_yaml({"a": urls["a"], "b": urls["b"]}))
+        assert wait_for(lambda: len(feed_server.seen("/b.xml")) == 1, 20), log()
+        assert "config reloaded feeds_added=b feeds_removed=- feeds_changed=-" in log()
+
+        # a broken edit is refused with the file:line:col text, and said on Slack once
+        broken = feeds_yaml({"a": urls["a"], "b": urls["b"]}, broken=True)
+        with pytest.raises(ConfigError) as refused:
+            parse_config(broken, str(config))
+        problem = str(refused.value)
+        assert problem.startswith(f"{config}:9:15: feeds[1].interval: '15 minutes'")
+        save(config, broken)
+        assert wait_for(lambda: len(refusals()) == 1, 20), log()
+        assert refusals()[0].payload["channel"] == "#ai-news"
+        assert problem in refusals()[0].payload["text"]
+        assert f"error config refused, still running on the last good one: {problem}" in log()
+        # saved again, broken the same way (in place this time): logged, not said again
+        config.write_text(broken + "# still thinking\n")
+        assert wait_for(lambda: log().count("config refused") == 2, 20), log()
+
+        # the service goes on polling on the last good configuration
+        assert wait_for(lambda: len(feed_server.seen("/a.xml")) == 2, 90), log()
+        assert time.monotonic() - first_poll_of_a > 50  # on its 1m interval, not restarted
+        assert proc.poll() is None
+
+        # fixed: applied; broken again after that: said again
+        save(config, feeds_yaml(urls))
+        assert wait_for(lambda: len(feed_server.seen("/c.xml")) == 1, 20), log()
+        assert "config reloaded feeds_added=c" in log()
+        save(config, broken)
+        assert wait_for(lambda: len(refusals()) == 2, 20), log()
+        assert len(slack_server.calls) == 2  # nothing else was posted
+    finally:
+        code, _ = stop(proc)
+    assert code == 0, log()
+    assert log().count("service started") == 1

@@ -1,0 +1,185 @@
+"""Stories: one alert per news event, however many outlets and languages carry it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from alerts.outbox import Pacer, dispatch_pending
+from alerts.routing import Router
+from alerts.slack import SlackSettings
+from monitor.cli import main
+from monitor.stories import StoryRules, same_story, signature, title_key
+from monitor.types import FeedUpdate, Item, Match, ParsedFeed
+from storage import Repository, make_engine
+from tests.servers import SlackServer
+
+NOW = datetime(2026, 9, 18, 14, tzinfo=UTC)
+DEAL = (Match("ai_entertainment", ("AI",), 4.0), Match("deals_partnerships", ("deal",), 2.0))
+
+LIONSGATE_EN = (
+    "Lionsgate Strikes Deal With Runway to Train Custom AI Model",
+    "Lionsgate has signed a partnership with Runway that will see the generative "
+    "AI startup build a custom video model trained on the studio's catalog.",
+)
+LIONSGATE_IT = (
+    "Lionsgate firma con Runway: l'intelligenza artificiale entra nel cinema",
+    "Lo studio di Hunger Games ha firmato un accordo con Runway per addestrare un "
+    "modello video su misura sul proprio catalogo.",
+)
+LIONSGATE_ES = (
+    "Lionsgate y Runway se alían para entrenar un modelo de IA con su catálogo",
+    "El estudio Lionsgate cede su catálogo a Runway, la empresa de IA generativa.",
+)
+AMC = (
+    "AMC Networks signs with Runway for AI marketing",
+    "AMC Networks will use Runway's video models for marketing materials and "
+    "pre-visualisation of its series.",
+)
+
+
+def item(text: tuple[str, str], feed: str = "thr", url: str | None = None, lang: str = "en",
+         n: int = 0) -> Item:  # fmt: skip
+    url = url or f"https://{feed}.example/{abs(hash(text[0])) % 10**6}"
+    return Item(feed, f"{feed}-{n}-{url}", None, url, text[0], text[1], NOW, lang)
+
+
+@pytest.mark.parametrize(
+    "a, b, joins",
+    [
+        (item(LIONSGATE_EN), item(LIONSGATE_IT, "thr-roma", lang="it"), True),  # names
+        (item(LIONSGATE_EN), item(LIONSGATE_ES, "elpais-cultura", lang="es"), True),
+        (item(LIONSGATE_EN), item(AMC, "deadline"), False),  # Runway alone is not enough
+        (
+            item(LIONSGATE_EN, url="https://thr.example/a"),
+            item(("Another headline", "Another text"), "variety", url="https://thr.example/a"),
+            True,
+        ),  # the same link
+        (
+            item(LIONSGATE_EN),
+            item((LIONSGATE_EN[0] + " | Variety", "Syndicated."), "variety"),
+            True,
+        ),  # same title
+        (
+            item(
+                (
+                    "Sony Music sues Udio over AI songs",
+                    "Sony Music filed suit against Udio in "
+                    "New York over training on its recordings.",
+                )
+            ),
+            item(
+                (
+                    "Universal Music sues Suno over AI songs",
+                    "Universal Music filed suit against "
+                    "Suno in Boston over training on its recordings.",
+                )
+            ),
+            False,
+        ),
+    ],
+)
+def test_which_reports_are_one_story(a: Item, b: Item, joins: bool) -> None:
+    rules = StoryRules()
+    verdict = same_story(
+        signature(b, DEAL, "ai_entertainment"), signature(a, DEAL, "ai_entertainment"), rules
+    )
+    assert (verdict is not None) is joins, verdict
+
+
+@pytest.mark.parametrize(
+    "title, key",
+    [
+        ("Lionsgate Strikes Deal With Runway | Variety", "lionsgate strikes deal with runway"),
+        ("Lionsgate strikes deal with Runway - Deadline", "lionsgate strikes deal with runway"),
+        ("L'IA entra nel cinema: è già qui", "l ia entra nel cinema e gia qui"),
+    ],
+)
+def test_title_key_drops_outlet_suffix_case_accents_and_punctuation(title, key) -> None:
+    assert title_key(title) == key
+
+
+# -- stored and alerted ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def repo(database_url: str) -> Repository:
+    r = Repository(make_engine(database_url))
+    r.create_schema()
+    r.configure_stories(StoryRules(), "ai_entertainment")
+    return r
+
+
+def store(repo: Repository, it: Item, when: datetime = NOW) -> None:
+    upd = FeedUpdate("ok", 200, None, None, None, None, 0, when, when, when, False, 5)
+    router = Router(default_channel="#ai-news", transport="bot")
+    parsed = ParsedFeed(it.feed, it.language, (it,), {it.identity: DEAL})
+    repo.store_poll(it.feed, f"https://{it.feed}.example/rss", upd, parsed, router, when)
+
+
+def bot(server: SlackServer) -> SlackSettings:
+    return SlackSettings(webhook_url=None, bot_token=server.token, api_url=server.api_url)
+
+
+def dispatch(repo: Repository, server: SlackServer, now: datetime = NOW):
+    return dispatch_pending(repo, bot(server).sender_for, now, pacer=Pacer(interval=0))
+
+
+def test_later_reports_reply_in_the_thread_and_update_the_coverage(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, item(LIONSGATE_EN))
+    assert dispatch(repo, slack_server).sent == 1
+    (alert,) = slack_server.calls
+    parent_ts = slack_server.posted and next(iter(slack_server.posted))
+    store(repo, item(LIONSGATE_IT, "thr-roma", lang="it"), NOW + timedelta(hours=2))
+    store(repo, item(LIONSGATE_ES, "elpais-cultura", lang="es"), NOW + timedelta(hours=3))
+    assert dispatch(repo, slack_server, NOW + timedelta(hours=3)).sent == 2
+    replies = slack_server.calls[1:]
+    assert [c.payload.get("thread_ts") for c in replies] == [parent_ts, parent_ts]
+    assert replies[0].payload["text"].startswith("Also covered by thr-roma (it)")
+    assert all(c.payload.get("thread_ts") for c in slack_server.calls[1:])  # no new top-level
+    last = slack_server.updates[-1].payload
+    assert last["ts"] == parent_ts and "Also covered by 2 more: thr-roma, elpais-cultura" in (
+        json.dumps(last["blocks"], ensure_ascii=False)
+    )
+    assert alert.payload["channel"] == "#ai-news"
+
+
+def test_a_syndicated_copy_is_counted_never_alerted_and_another_event_alerts(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, item(LIONSGATE_EN, url="https://thr.example/lionsgate"))
+    store(repo, item((LIONSGATE_EN[0] + " | Variety", "Copy."), "variety"))  # same title
+    store(repo, item(("Lionsgate news", "x"), "indiewire", url="https://thr.example/lionsgate"))
+    store(repo, item(AMC, "deadline"))
+    assert dispatch(repo, slack_server).sent == 2
+    assert [c.payload.get("thread_ts") for c in slack_server.calls] == [None, None]
+    (lionsgate, amc) = sorted(repo.list_stories(NOW - timedelta(days=1)), key=lambda s: s.id)
+    assert len(lionsgate.items) == 3 and set(lionsgate.outlets) == {"thr", "variety", "indiewire"}
+    assert len(amc.items) == 1
+
+
+def test_a_story_closes_after_its_window(repo: Repository, slack_server: SlackServer) -> None:
+    store(repo, item(LIONSGATE_EN))
+    store(repo, item(LIONSGATE_IT, "thr-roma", lang="it"), NOW + timedelta(hours=73))
+    assert len(repo.list_stories(NOW - timedelta(days=1))) == 2
+
+
+def test_stories_command_lists_items_outlets_and_languages(
+    repo: Repository, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store(repo, item(LIONSGATE_EN), datetime.now(UTC))
+    store(repo, item(LIONSGATE_IT, "thr-roma", lang="it"), datetime.now(UTC))
+    config = tmp_path / "feeds.yaml"
+    config.write_text("feeds: []\n")
+    assert main(["stories", "--config", str(config), "--format", "json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    story = json.loads(line)
+    assert story["outlets"] == ["thr", "thr-roma"] and story["languages"] == ["en", "it"]
+    assert len(story["items"]) == 2 and story["topics"] == ["ai_entertainment",
+                                                             "deals_partnerships"]  # fmt: skip
+    assert {"id", "title", "first_seen"} <= set(story)

@@ -9,7 +9,7 @@ import html
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 # Query parameters that only track the reader; dropping them makes the same
 # article reached from a newsletter and from the feed one URL.
@@ -27,6 +27,13 @@ _INVISIBLE = dict.fromkeys(
     None,
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# In a URL: tab and newlines are dropped (as browsers do); other controls and the
+# invisible characters above are percent-encoded, so a link can neither hide a NUL
+# (which PostgreSQL refuses) nor display reversed.
+_URL_DROPPED = re.compile(r"[\t\n\r]")
+_URL_ESCAPED = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff\u061c]"
+)
 _SPACE = re.compile(r"\s+")
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]{1,31});")
 
@@ -52,7 +59,8 @@ def canonical_url(url: str | None) -> str | None:
     """The URL two copies of one article share; None when it is not an http(s) URL."""
     if not url:
         return None
-    url = url.strip()
+    url = _URL_DROPPED.sub("", url.strip())
+    url = _URL_ESCAPED.sub(lambda m: quote(m.group(), safe=""), url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -113,6 +121,13 @@ def clean_text(value: str | None, limit: int) -> str:
         cut = text.rfind(" ", 0, limit - 1)
         text = text[: cut if cut > limit // 2 else limit - 1].rstrip() + "…"
     return text
+
+
+def clean_identifier(value: str | None, limit: int) -> str:
+    """An identifier (a guid) as given, less control and invisible characters."""
+    if not value:
+        return ""
+    return _CONTROL.sub("", value.translate(_INVISIBLE)).strip()[:limit]
 
 
 def plausible_published(candidate: datetime | None, now: datetime) -> datetime:

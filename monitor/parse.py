@@ -23,6 +23,7 @@ from monitor.normalize import (
     SUMMARY_MAX,
     TITLE_MAX,
     canonical_url,
+    clean_identifier,
     clean_text,
     language_code,
     plausible_published,
@@ -35,6 +36,13 @@ _PROLOG_SCAN = 256 * 1024
 # feedparser's loose fallback parser expands a 110 KB quadratic blowup to gigabytes.
 _DTD_SUBSET = re.compile(rb"<!DOCTYPE[^>\[]*\[", re.IGNORECASE)
 _ENTITY_DECL = re.compile(rb"<!ENTITY", re.IGNORECASE)
+# What may come before the root element: a BOM, whitespace, <?...?>, comments and a
+# DOCTYPE without a subset. A megabyte of comments must not hide a DOCTYPE from the scan.
+_BOM = re.compile(rb"\xef\xbb\xbf|\xff\xfe|\xfe\xff")
+_PROLOG_PART = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>\[]*>", re.IGNORECASE | re.DOTALL)
+_ELEMENT = re.compile(rb"<[A-Za-z_]")
+_XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)", re.IGNORECASE)
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._-]+)", re.IGNORECASE)
 _HTML_START = re.compile(
     rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S
 )
@@ -56,10 +64,21 @@ class ParseJob:
     rules: RuleSet = _NO_RULES
 
 
+def _prolog_end(text: bytes) -> int:
+    """Where the root element starts; the end of `text` when what precedes it is not
+    a plain prolog (then all of it is scanned)."""
+    bom = _BOM.match(text)
+    pos = bom.end() if bom else 0
+    while part := _PROLOG_PART.match(text, pos):
+        pos = part.end()
+    return pos if _ELEMENT.match(text, pos) else len(text)
+
+
 def refuse_dangerous_markup(body: bytes) -> None:
     # UTF-16/32 documents interleave NULs with the ASCII markup; dropping them
     # lets one check cover every encoding.
-    prolog = body[:_PROLOG_SCAN].replace(b"\x00", b"")
+    text = body.replace(b"\x00", b"")
+    prolog = text[: max(_prolog_end(text), _PROLOG_SCAN)]
     if _ENTITY_DECL.search(prolog) or _DTD_SUBSET.search(prolog):
         raise ParseError(
             "refused: the document declares XML entities (<!DOCTYPE [...]> / <!ENTITY>), "
@@ -84,11 +103,43 @@ def parse_and_classify(job: ParseJob) -> ParsedFeed:
     return ParsedFeed(parsed.title, parsed.language, parsed.items, matches, parsed.warning)
 
 
+def repair_utf8(body: bytes, content_type: str) -> bytes:
+    """A UTF-8 document with a few invalid bytes, those bytes replaced by U+FFFD.
+
+    feedparser reads a document that is not valid UTF-8 as windows-1252, which
+    garbles every accented letter of the feed for one stray byte. A document with
+    more invalid bytes than valid UTF-8 characters is most likely Latin-1 saying
+    UTF-8: left to feedparser, which reads that one right.
+    """
+    charset = _CHARSET.search(content_type)
+    declared = _XML_ENCODING.match(body[:1024])
+    if charset:  # HTTP's charset beats the document's own claim, as feedparser has it
+        encoding = charset.group(1)
+    elif declared:
+        encoding = declared.group(1).decode("ascii")
+    else:
+        encoding = "utf-8"  # XML's default
+    if encoding.lower() not in ("utf-8", "utf8"):
+        return body
+    if body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4]:
+        return body  # UTF-16 or UTF-32, with a BOM or without
+    try:
+        body.decode("utf-8")
+        return body
+    except UnicodeDecodeError:
+        pass
+    text = body.decode("utf-8", "replace")
+    invalid = text.count("\ufffd")
+    multibyte = len(body) - len(text)  # bytes beyond one per character: UTF-8 sequences
+    return text.encode("utf-8") if multibyte > invalid else body
+
+
 def parse_document(job: ParseJob) -> ParsedFeed:
     body = job.body
     if not body.strip():
         raise ParseError("empty response body")
     refuse_dangerous_markup(body)
+    body = repair_utf8(body, job.headers.get("content-type", ""))
     import feedparser  # here, not at the top: only parse workers need it
 
     # feedparser opens a str or bytes argument that looks like a path or URL
@@ -140,7 +191,7 @@ def _published(entry: Any) -> datetime | None:
 
 
 def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | None:
-    guid = (entry.get("id") or "").strip()[:2000] or None
+    guid = clean_identifier(entry.get("id"), 2000) or None
     link = (entry.get("link") or "").strip()
     url = canonical_url(urljoin(base, link)) if link else None
     title = clean_text(entry.get("title"), TITLE_MAX)

@@ -23,6 +23,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("REELWATCH_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("REELWATCH_DATABASE_URL", f"sqlite:///{tmp_path}/reelwatch.db")
+    # every test server listens on 127.0.0.1; tests/test_ssrf.py unsets this
+    monkeypatch.setenv("REELWATCH_ALLOW_PRIVATE_NETWORKS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -493,7 +493,8 @@ def cmd_feeds_add(args: argparse.Namespace) -> int:
 
     async def find() -> Any:
         d = config.defaults
-        fetcher = Fetcher(user_agent=d.user_agent, max_body_bytes=d.max_body_bytes)
+        fetcher = Fetcher(user_agent=d.user_agent, max_body_bytes=d.max_body_bytes,
+                          allow_private_networks=d.allow_private_networks)  # fmt: skip
         try:
             timeout = d.timeout.total_seconds()
             return await find_feed(url, fetcher=fetcher, timeout=timeout, now=utcnow())

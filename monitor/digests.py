@@ -56,3 +56,23 @@ def digest_setups(
         for name, d in config.digests.items()
         if names is None or name in names
     ]
+
+
+def send_due_digests(
+    repo: Any, config: Config, now: datetime, smtp: Any = None
+) -> list[tuple[str, Any]]:
+    """Send every digest whose period is owed (storage decides: missed ones too).
+    Returns (digest name, DigestResult or the DeliveryError that stopped it)."""
+    from alerts.digest import due_periods, run_digest
+    from monitor.errors import DeliveryError
+
+    if not config.digests:
+        return []
+    setups = digest_setups(config, feed_health(config, repo, now))
+    out: list[tuple[str, Any]] = []
+    for setup, period in due_periods(repo, setups, now):
+        try:
+            out.append((setup.name, run_digest(repo, setup, period, now=now, smtp=smtp)))
+        except DeliveryError as exc:  # email not set up: say so, send the others
+            out.append((setup.name, exc))
+    return out

@@ -112,6 +112,7 @@ class Poller:
             max_body_bytes=d.max_body_bytes,
             concurrency=d.concurrency,
             per_host_concurrency=d.per_host_concurrency,
+            allow_private_networks=d.allow_private_networks,
         )
         self._parse_workers = parse_workers
         self._pool: ProcessPoolExecutor | None = None  # started on the first changed feed

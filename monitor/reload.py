@@ -14,7 +14,10 @@ from monitor.config import Config
 log = logging.getLogger(__name__)
 
 # the fetcher is built once, with these: a change needs a restart
-RESTART_DEFAULTS = ("user_agent", "max_body_bytes", "concurrency", "per_host_concurrency")
+RESTART_DEFAULTS = (
+    "user_agent", "max_body_bytes", "concurrency", "per_host_concurrency",
+    "allow_private_networks",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ HEARTBEAT = "scheduler"
 HEARTBEAT_EVERY = timedelta(seconds=30)
 DISPATCH_EVERY = timedelta(seconds=10)
 HEALTH_EVERY = timedelta(minutes=5)
+DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its time
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
 
 
@@ -58,6 +59,7 @@ class Service:
         )
         self._stop = asyncio.Event()
         self._pacer = Pacer()
+        self._digest_errors: set[str] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -80,6 +82,12 @@ class Service:
         self.scheduler.add_job(
             self.check_health, IntervalTrigger(seconds=HEALTH_EVERY.total_seconds()), id="health"
         )
+        # digests: the digests table says what is owed, so one missed while the service
+        # was down goes out now, and a reloaded schedule needs no rescheduling here
+        self.scheduler.add_job(
+            self.send_digests, IntervalTrigger(seconds=DIGESTS_EVERY.total_seconds()),
+            id="digests", next_run_time=now,
+        )  # fmt: skip
         self.scheduler.start()
         watcher = asyncio.create_task(self.watch_config()) if self.config_path else None
         feeds = sum(1 for f in self.config.feeds if f.enabled)
@@ -247,6 +255,19 @@ class Service:
                 "deliveries sent=%d retrying=%d failed=%d",
                 report.sent, report.retrying, report.failed,
             )  # fmt: skip
+
+    async def send_digests(self) -> None:
+        from monitor.digests import send_due_digests
+
+        results = await asyncio.to_thread(send_due_digests, self.poller.repo, self.config, utcnow())
+        for name, result in results:
+            if isinstance(result, DeliveryError):
+                if name not in self._digest_errors:  # once, not every minute
+                    log.error("digest=%s not sent: %s", name, result)
+                self._digest_errors.add(name)
+            else:
+                self._digest_errors.discard(name)
+                log.info("digest=%s %s", name, result.message)
 
     async def heartbeat(self) -> None:
         await self.poller.db(self.poller.repo.write_heartbeat, HEARTBEAT, utcnow())

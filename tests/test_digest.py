@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -29,6 +30,7 @@ from monitor.config import load_config
 from monitor.digests import digest_setups
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
+from tests.servers import SlackServer
 from tests.smtp import SmtpServer, free_port
 
 # The week of Monday 16 Nov 2026 in Rome: Mon 08:00 (07:00 UTC) to the next Mon 08:00.
@@ -396,4 +398,42 @@ def test_a_missed_digest_is_owed_by_storage_not_by_the_scheduler(
     assert period == WEEK
     assert run_digest(repo, setup, period, now=after_restart, smtp=None).status == "sent"
     assert due_periods(repo, [setup], after_restart) == []
+    assert len(smtp.received) == 1
+
+
+def test_the_service_sends_a_digest_missed_while_it_was_down(
+    smtp: SmtpServer, tmp_path: Path, slack_server: SlackServer
+) -> None:
+    from tests.test_service import start, stop, wait_for
+
+    repo = Repository(make_engine())
+    repo.create_schema()
+    period = period_before("0 6 * * *", "UTC", datetime.now(UTC))
+    # the service ran during the last period (it stored an item), then was down when
+    # the digest was due: it is sent as soon as the service is back
+    seed(repo, ["Lionsgate signs an AI deal with Runway"], when=period.start + timedelta(hours=1))
+    path = tmp_path / "feeds.yaml"
+    path.write_text(
+        'feeds: []\ntopics:\n  ai: {label: AI, query: AI}\nslack:\n  default_channel: "#ai-news"\n'
+        'digests:\n  daily:\n    to: [team@example.org]\n    schedule: "0 6 * * *"\n'
+    )
+    proc = start(path, slack_server)
+    try:
+        assert wait_for(lambda: len(smtp.received) == 1, 30)
+        assert wait_for(lambda: repo.digest_record("daily", period.start).status == "sent", 10)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    assert "digest=daily sent digest 'daily'" in out
+    assert (
+        "Lionsgate signs an AI deal" in smtp.received[0].message.get_body(("plain",)).get_content()
+    )
+    # a restart does not send it again: the digests table remembers
+    proc = start(path, slack_server)
+    try:
+        assert wait_for(lambda: repo.heartbeat("scheduler") is not None, 20)
+        time.sleep(3)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
     assert len(smtp.received) == 1

@@ -183,3 +183,13 @@ def test_config_can_allow_private_networks() -> None:
     config = parse_config("defaults:\n  allow_private_networks: true\nfeeds: []\n")
     assert config.defaults.allow_private_networks is True
     assert parse_config("feeds: []\n").defaults.allow_private_networks is False
+
+
+def test_feeds_yaml_allow_private_networks_lets_an_intranet_feed_be_polled(
+    feed_server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REELWATCH_ALLOW_PRIVATE_NETWORKS", raising=False)
+    url = feed_server.add("/thr.xml", fixture(THR))
+    config = write_config(tmp_path, {"intranet": url}, allow_private_networks="true")
+    assert main(["poll", "--config", str(config)]) == 0
+    assert repo().count_items("intranet") == 9

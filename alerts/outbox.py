@@ -87,6 +87,7 @@ def dispatch_pending(
     burst: int = 10,
     pacer: Pacer | None = None,
     feed_titles: dict[str, str] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> DispatchReport:
     """Send what is due: one message per delivery, or one summary for a channel that
     has more than `burst` due at once (a flood trains people to mute the channel)."""
@@ -109,12 +110,16 @@ def dispatch_pending(
                             stories=[stories.get(d.stored.id) for d in leads])  # fmt: skip
         else:
             for d in leads:
+                if stopping():  # a shutdown: the rest stay pending (their claim runs out)
+                    return report
                 message = render_alert(
                     d.stored.item, d.stored.matches, titles.get(d.stored.item.feed)
                 )
                 report += _send(repo, sender_for, pacer, channel, message, [d], now,
                                 stories=[stories.get(d.stored.id)])  # fmt: skip
         for d in followers:
+            if stopping():
+                return report
             report += _follow_up(repo, sender_for, pacer, channel, d, stories[d.stored.id],
                                  now, titles)  # fmt: skip
     return report

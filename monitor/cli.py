@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -38,6 +39,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)  # monitor.metrics.log_fields: one per key
+        if isinstance(fields, dict):
+            out["msg"] = getattr(record, "event", out["msg"])
+            out.update((k, v) for k, v in fields.items() if k not in out)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
@@ -49,7 +54,7 @@ def setup_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "apscheduler", "slack_sdk", "watchfiles"):
+    for noisy in ("httpx", "httpcore", "apscheduler", "slack_sdk", "watchfiles", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -79,7 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reelwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", parents=[common], help="poll every feed on schedule and send alerts")
+    run = sub.add_parser(
+        "run", parents=[common], help="poll every feed on schedule and send alerts"
+    )
+    run.add_argument(
+        "--worker", action="store_true", help="one of several processes sharing work (PostgreSQL)"
+    )
+    run.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port"
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="ADDR",
+        help="the address to serve metrics on (default 127.0.0.1: this machine only)",
+    )  # fmt: skip
+    run.add_argument(
+        "--summary-every", type=_duration_arg, default=timedelta(minutes=1), metavar="AGE",
+        help="log a summary of the polls this often (default 1m)",
+    )  # fmt: skip
 
     poll = sub.add_parser("poll", parents=[common], help="poll feeds once, send alerts, exit")
     poll.add_argument("--feed", metavar="NAME", action="append", help="only this feed (repeatable)")
@@ -183,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--period", default="last-week", help=period_help)
     send.add_argument("--dry-run", action="store_true", help="render and report; send nothing")
     send.add_argument("--force", action="store_true", help="send even if already sent")
+    db = sub.add_parser("db", help="the database's schema (migrations)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    db_sub.add_parser(
+        "upgrade", parents=[common], help="migrate the database to this release's schema"
+    )
+    db_sub.add_parser("current", parents=[common], help="print the database's schema revision")
     return parser
 
 
@@ -216,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_digest(args)
         if args.command == "stories":
             return cmd_stories(args)
+        if args.command == "db":
+            return cmd_db(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -245,19 +274,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     repo = _repo()
     slack = SlackSettings.from_env()
+    if args.worker:
+        return _run_worker(args, config, repo, slack)
     try:
         with exclusive_run(repo.engine):
+            repo.release_leases()  # the one run on this database: nothing is held by others
             poller = Poller(config, repo, router=_router(config, slack))
-            asyncio.run(Service(config, poller, slack, config_path(args.config)).run())
+            return _run_service(Service, args, config, poller, slack)
     except DatabaseLockedError as exc:
         print(f"reelwatch run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
 
+def _run_worker(args: argparse.Namespace, config: Config, repo: Any, slack: Any) -> int:
+    from monitor.pipeline import Poller
+    from monitor.worker import WorkerService
+
+    if repo.engine.dialect.name != "postgresql":
+        print("reelwatch run --worker: several workers need PostgreSQL "
+              "(REELWATCH_DATABASE_URL=postgresql+psycopg://...); with SQLite run one "
+              "`reelwatch run`", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    poller = Poller(config, repo, router=_router(config, slack))
+    return _run_service(WorkerService, args, config, poller, slack)
+
+
+def _run_service(
+    service: Any, args: argparse.Namespace, config: Config, poller: Any, slack: Any
+) -> int:
+    from monitor.metrics import Metrics, serve_metrics
+
+    metrics = Metrics() if args.metrics_port is not None else None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(serve_metrics(metrics, args.metrics_host, args.metrics_port))
+        except OSError as exc:
+            print(f"reelwatch run: cannot serve metrics on {args.metrics_host}:"
+                  f"{args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILURE
+        asyncio.run(service(config, poller, slack, config_path(args.config), metrics=metrics,
+                            summary_every=args.summary_every).run())  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_poll(args: argparse.Namespace) -> int:
     from alerts.outbox import dispatch_pending
     from alerts.slack import SlackSettings
+    from monitor.metrics import CYCLE_EVENT, PollCycle, log_fields
     from monitor.pipeline import Poller, utcnow
     from storage.db import DatabaseLockedError, exclusive_run
 
@@ -278,9 +342,11 @@ def cmd_poll(args: argparse.Namespace) -> int:
         print(f"  {feed.name}: skipped, {states[feed.name].last_error}", file=sys.stderr)
     feeds = [f for f in feeds if f not in gone]
     slack = SlackSettings.from_env()
+    cycle = PollCycle()
     try:
         with exclusive_run(repo.engine):
             poller = Poller(config, repo, router=_router(config, slack))
+            poller.observers.append(cycle.record)
             summary = asyncio.run(_poll_with_progress(poller, feeds))
             sent = dispatch_pending(
                 repo, slack.sender_for, utcnow(), limit=10_000, burst=config.slack.burst
@@ -288,6 +354,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
         return EXIT_FAILURE
+    log_fields(log, CYCLE_EVENT, cycle.fields(with_lag=False))
     print(
         f"feeds: {summary.count('ok')} ok, {summary.count('unchanged')} unchanged, "
         f"{summary.count('failed') + summary.count('gone')} failed; "
@@ -882,4 +949,38 @@ def cmd_stories(args: argparse.Namespace) -> int:
             row["title"] = row["title"][:70]
     _print_rows(rows, args.format, ["id", "items", "outlets", "languages", "first_seen",
                                     "topics", "title"])  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    # the database comes from REELWATCH_DATABASE_URL, not feeds.yaml: a broken feeds.yaml
+    # does not stop a migration
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage import make_engine
+    from storage.migrate import SchemaError, current_revision, head_revision, upgrade_schema
+
+    engine = make_engine()
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        if args.db_command == "current":
+            revision = current_revision(engine)
+            head = head_revision()
+            if revision == head:
+                print(f"{revision} (head)")
+            else:
+                print(f"{revision or 'none'} (head is {head}: run reelwatch db upgrade)")
+            return EXIT_OK
+        done = upgrade_schema(engine)
+    except (SchemaError, SQLAlchemyError) as exc:
+        print(f"reelwatch db {args.db_command}: {where}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        engine.dispose()
+    if not done.changed:
+        print(f"{where}: already at {done.after} (head)")
+    elif done.predates_migrations:
+        print(f"{where}: upgraded from none (tables made before migrations) to {done.after}")
+    else:
+        print(f"{where}: upgraded from {done.before or 'none (empty)'} to {done.after}")
     return EXIT_OK

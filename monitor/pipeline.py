@@ -122,6 +122,8 @@ class Poller:
         repo.configure_stories(config.stories.rules(), config.gate())
         self._writes: list[tuple[PollWrite, asyncio.Future[StoreResult | Exception]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # called with every poll's report, on the loop: the service's summary and metrics
+        self.observers: list[Callable[[FeedReport], None]] = []
 
     def reconfigure(self, config: Config, router: Router | None) -> None:
         """Take an edited feeds.yaml. A parse job takes the rules, and a poll's write the
@@ -209,8 +211,12 @@ class Poller:
         stored = await self._store(PollWrite(feed.name, feed.url, update, parsed, self.router, now))
         if isinstance(stored, Exception):
             log.error("storing the poll failed feed=%s error=%r", feed.name, str(stored))
-            return FeedReport(feed.name, "failed", error=f"storage error: {stored}", ms=ms)
-        return self._report(feed, update.last_status, outcome, stored, ms)
+            report = FeedReport(feed.name, "failed", error=f"storage error: {stored}", ms=ms)
+        else:
+            report = self._report(feed, update.last_status, outcome, stored, ms)
+        for observe in self.observers:
+            observe(report)
+        return report
 
     async def _store(self, write: PollWrite) -> StoreResult | Exception:
         """Queue a poll's write; one writer commits whatever has queued up meanwhile."""

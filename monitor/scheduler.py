@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -24,7 +25,8 @@ from monitor.config import Config, FeedConfig, load_config, parse_config
 from monitor.decide import is_due
 from monitor.errors import ConfigError, DeliveryError
 from monitor.health import check_health
-from monitor.pipeline import Poller, utcnow
+from monitor.metrics import CYCLE_EVENT, Metrics, PollCycle, log_fields
+from monitor.pipeline import FeedReport, Poller, utcnow
 from monitor.reload import ConfigChange, diff_config, watch_config
 from monitor.types import FeedState
 
@@ -36,15 +38,21 @@ DISPATCH_EVERY = timedelta(seconds=10)
 HEALTH_EVERY = timedelta(minutes=5)
 DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its time
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
+SUMMARY_EVERY = timedelta(minutes=1)  # feeds poll on their own intervals: a line a minute
 
 
 class Service:
+    lag_jobs: tuple[str, ...] = ("feed:",)  # the jobs whose late start is scheduler lag
+
     def __init__(
         self,
         config: Config,
         poller: Poller,
         slack: SlackSettings,
         config_path: Path | None = None,  # watched for edits; None: no hot reload
+        *,
+        metrics: Metrics | None = None,  # None: no --metrics-port
+        summary_every: timedelta = SUMMARY_EVERY,
     ):
         self.config = config
         self.poller = poller
@@ -60,6 +68,10 @@ class Service:
         self._stop = asyncio.Event()
         self._pacer = Pacer()
         self._digest_errors: set[str] = set()
+        self.metrics = metrics
+        self.summary_every = max(summary_every, timedelta(seconds=1))
+        self._cycle = PollCycle()
+        poller.observers.append(self._polled)
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,6 +100,11 @@ class Service:
             self.send_digests, IntervalTrigger(seconds=DIGESTS_EVERY.total_seconds()),
             id="digests", next_run_time=now,
         )  # fmt: skip
+        self.scheduler.add_job(
+            self.log_summary, IntervalTrigger(seconds=self.summary_every.total_seconds()),
+            id="summary",
+        )  # fmt: skip
+        self.scheduler.add_listener(self._job_submitted, EVENT_JOB_SUBMITTED)
         self.scheduler.start()
         watcher = asyncio.create_task(self.watch_config()) if self.config_path else None
         feeds = sum(1 for f in self.config.feeds if f.enabled)
@@ -102,6 +119,7 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             self.scheduler.shutdown(wait=False)
+            await self.log_summary()  # the polls since the last line
             await self.poller.aclose()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -248,13 +266,16 @@ class Service:
         # its own thread: a slow Slack must not hold up the thread that stores polls
         report = await asyncio.to_thread(
             dispatch_pending, repo, self.slack.sender_for, utcnow(),
-            burst=self.config.slack.burst, pacer=self._pacer,
+            burst=self.config.slack.burst, pacer=self._pacer, stopping=self._stop.is_set,
         )  # fmt: skip
         if report.sent or report.retrying or report.failed:
             log.info(
                 "deliveries sent=%d retrying=%d failed=%d",
                 report.sent, report.retrying, report.failed,
             )  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.record_dispatch(report.sent, report.retrying, report.failed)
+            self.metrics.set_delivery_counts(await asyncio.to_thread(repo.delivery_counts))
 
     async def send_digests(self) -> None:
         from monitor.digests import send_due_digests
@@ -268,6 +289,31 @@ class Service:
             else:
                 self._digest_errors.discard(name)
                 log.info("digest=%s %s", name, result.message)
+                if self.metrics is not None and result.status == "sent":
+                    self.metrics.record_digest_sent(name)
 
     async def heartbeat(self) -> None:
         await self.poller.db(self.poller.repo.write_heartbeat, HEARTBEAT, utcnow())
+
+    def _polled(self, report: FeedReport) -> None:
+        self._cycle.record(report)
+        if self.metrics is not None:
+            self.metrics.record_poll(report)
+
+    async def log_summary(self) -> None:
+        """The summary line of the polls since the last one; none for a quiet spell.
+        A coroutine: APScheduler would run a plain function in a thread, away from the
+        loop that feeds the cycle."""
+        cycle, self._cycle = self._cycle, PollCycle()
+        if cycle.feeds:
+            log_fields(log, CYCLE_EVENT, cycle.fields())
+
+    def _job_submitted(self, event: JobSubmissionEvent) -> None:
+        # APScheduler calls this on the loop as it starts a job; a feed job's lateness
+        # (a busy loop, a slow database thread) is the scheduler's lag
+        if not event.job_id.startswith(self.lag_jobs) or not event.scheduled_run_times:
+            return
+        lag = max((utcnow() - min(event.scheduled_run_times)).total_seconds(), 0.0)
+        self._cycle.record_lag(lag)
+        if self.metrics is not None:
+            self.metrics.record_lag(lag)

@@ -100,3 +100,38 @@ def exclusive_run(engine: Engine) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RoleLock:
+    """A role one process at a time holds among several workers (PostgreSQL advisory lock
+    on a connection kept open): released by the server when the process dies."""
+
+    def __init__(self, engine: Engine, key: int):
+        self.engine = engine
+        self.key = key
+        self._conn: Any = None
+
+    def held(self) -> bool:
+        """True if this process holds the role, taking it when it is free."""
+        if self._conn is not None:
+            return True
+        conn = self.engine.connect()
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+            conn.commit()
+        except Exception:
+            conn.close()
+            raise
+        if got:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                self._conn.commit()
+            self._conn.close()
+            self._conn = None

@@ -53,6 +53,10 @@ class FeedRow(SQLModel, table=True):
     disabled: bool = False
     polls: int = 0
     mean_poll_ms: float | None = None
+    # a worker polling the feed holds it until then (several workers on PostgreSQL);
+    # a worker that dies lets the lease run out and another takes the feed
+    lease_until: datetime | None = _utc()
+    leased_by: str | None = None
 
 
 class ItemRow(SQLModel, table=True):
@@ -106,6 +110,8 @@ class DeliveryRow(SQLModel, table=True):
     next_attempt: datetime = _utc(nullable=False)
     created: datetime = _utc(nullable=False)
     sent_at: datetime | None = _utc()
+    lease_until: datetime | None = _utc()  # claimed by a sender until then
+    leased_by: str | None = None
 
 
 class FeedNoticeRow(SQLModel, table=True):

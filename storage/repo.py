@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, select, update
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from monitor import stories as story_rules
 from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedFeed
+from storage.migrate import SchemaUpgrade, upgrade_schema
 from storage.models import (
     DeliveryRow,
     DigestRow,
@@ -33,6 +34,8 @@ from storage.models import (
 )
 
 _STALE_SENDING = timedelta(hours=1)  # a digest "sending" this long was cut off: take it again
+DELIVERY_LEASE = timedelta(minutes=2)  # a claimed delivery is sent well within this
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
@@ -188,8 +191,10 @@ class Repository:
             from sqlalchemy.dialects.sqlite import insert
         return insert
 
-    def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
+    def create_schema(self) -> SchemaUpgrade:
+        """Bring the database to this release's schema: the Alembic migrations up to head
+        (an empty database is created; one from before migrations is taken as the baseline)."""
+        return upgrade_schema(self.engine)
 
     # -- feeds -------------------------------------------------------------------------------
 
@@ -271,12 +276,16 @@ class Repository:
         table = FeedRow.__table__
         values = {f: getattr(u, f) for f in _FEED_UPDATE_FIELDS}
         values |= {"name": feed, "url": url, "title": title or u.title, "polls": 1,
-                   "mean_poll_ms": float(u.elapsed_ms)}  # fmt: skip
+                   "mean_poll_ms": float(u.elapsed_ms), "lease_until": None,
+                   "leased_by": None}  # fmt: skip
         stmt = self._insert()(table).values(values)
         mean = table.c.mean_poll_ms
         stmt = stmt.on_conflict_do_update(
             index_elements=["name"],
-            set_={f: stmt.excluded[f] for f in ("url", *_FEED_UPDATE_FIELDS)}
+            set_={
+                f: stmt.excluded[f]
+                for f in ("url", "lease_until", "leased_by", *_FEED_UPDATE_FIELDS)
+            }
             | {
                 "title": func.coalesce(stmt.excluded.title, table.c.title),
                 "polls": table.c.polls + 1,
@@ -609,15 +618,41 @@ class Repository:
 
     # -- deliveries (the outbox) -------------------------------------------------------------
 
-    def pending_deliveries(self, now: datetime, limit: int = 100) -> list[PendingDelivery]:
+    def pending_deliveries(
+        self, now: datetime, limit: int = 100, *, worker: str | None = None
+    ) -> list[PendingDelivery]:
+        """Due deliveries, claimed for `DELIVERY_LEASE` so that no other worker sends them
+        (FOR UPDATE SKIP LOCKED on PostgreSQL); a sender that dies lets the claim run out."""
+        worker = worker or _WORKER
+        table = DeliveryRow.__table__
+        with self.engine.begin() as conn:
+            due = (
+                select(table.c.id)
+                .where(
+                    table.c.status == "pending",
+                    table.c.next_attempt <= now,
+                    (table.c.lease_until.is_(None)) | (table.c.lease_until < now),
+                )
+                .order_by(table.c.next_attempt, table.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            ids = list(conn.execute(due).scalars())
+            if ids:
+                conn.execute(
+                    update(table)
+                    .where(table.c.id.in_(ids))
+                    .values(lease_until=now + DELIVERY_LEASE, leased_by=worker)
+                )
+        if not ids:
+            return []
         with Session(self.engine) as s:
             rows = list(
                 s.execute(
                     select(DeliveryRow, ItemRow)
                     .join(ItemRow, ItemRow.id == DeliveryRow.item_id)
-                    .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt <= now)
+                    .where(DeliveryRow.id.in_(ids))
                     .order_by(DeliveryRow.next_attempt, DeliveryRow.id)
-                    .limit(limit)
                 )
             )
             stored = {si.id: si for si in self._with_matches(s, [item for _, item in rows])}
@@ -645,8 +680,59 @@ class Repository:
             conn.execute(
                 update(DeliveryRow)
                 .where(and_(DeliveryRow.id == delivery_id, DeliveryRow.status == "pending"))
-                .values(**values)
+                .values(**values, lease_until=None, leased_by=None)
             )
+
+    def release_leases(self) -> None:
+        """The one `run` on this database starts: no one else holds feeds or deliveries."""
+        with self.engine.begin() as conn:
+            conn.execute(update(FeedRow).values(lease_until=None, leased_by=None))
+            conn.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.lease_until.is_not(None))
+                .values(lease_until=None, leased_by=None)
+            )
+
+    # -- several workers ---------------------------------------------------------------------
+
+    def ensure_feeds(self, feeds: Sequence[tuple[str, str]]) -> None:
+        """A row for every configured feed (name, url): workers claim feeds from the table."""
+        rows = [{"name": n, "url": u, "consecutive_failures": 0, "disabled": False,
+                 "polls": 0} for n, u in feeds]  # fmt: skip
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert()(FeedRow.__table__).on_conflict_do_nothing(), rows)
+
+    def claim_due_feeds(
+        self, names: Sequence[str], now: datetime, lease: timedelta, limit: int,
+        worker: str | None = None,
+    ) -> list[str]:  # fmt: skip
+        """Take up to `limit` due feeds among `names` for this worker until now + lease:
+        one worker per feed (FOR UPDATE SKIP LOCKED), taken again if the lease runs out."""
+        if not names or limit <= 0:
+            return []
+        table = FeedRow.__table__
+        with self.engine.begin() as conn:
+            due = (
+                select(table.c.name)
+                .where(
+                    table.c.name.in_(list(names)),
+                    table.c.disabled.is_(False),
+                    (table.c.next_poll.is_(None)) | (table.c.next_poll <= now),
+                    (table.c.lease_until.is_(None)) | (table.c.lease_until < now),
+                )
+                .order_by(table.c.next_poll.is_not(None), table.c.next_poll, table.c.name)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            claimed = list(conn.execute(due).scalars())
+            if claimed:
+                conn.execute(
+                    update(table)
+                    .where(table.c.name.in_(claimed))
+                    .values(lease_until=now + lease, leased_by=worker or _WORKER)
+                )
+        return claimed
 
     def deliveries(self, status: str | None = None, limit: int = 1000) -> list[DeliveryRecord]:
         with Session(self.engine) as s:

@@ -496,6 +496,7 @@ class TreeSampler(threading.Thread):
 def run_cli(workdir: Path, config: Path, label: str) -> CliRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELWATCH_")}
     env["REELWATCH_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
+    env["REELWATCH_ALLOW_PRIVATE_NETWORKS"] = "1"  # the feeds are served on loopback
     stdout_path = workdir / f"{label}.stdout"
     stderr_path = workdir / f"{label}.stderr"
     rss_path = workdir / f"{label}.rss"

@@ -122,6 +122,7 @@ class Poller:
         repo.configure_stories(config.stories.rules(), config.gate())
         self._writes: list[tuple[PollWrite, asyncio.Future[StoreResult | Exception]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None  # feeds between fetch and store
         # called with every poll's report, on the loop: the service's summary and metrics
         self.observers: list[Callable[[FeedReport], None]] = []
 
@@ -158,6 +159,17 @@ class Poller:
             raise ParseError("the parser process died while reading this feed") from None
 
     async def poll_feed(
+        self, feed: FeedConfig, state: FeedState | Unknown | None = UNKNOWN
+    ) -> FeedReport:
+        # Fetched bodies and parsed items wait for the parse pool and the one storage
+        # thread: bound how many feeds are between fetch and store, or a fast network
+        # and a slow disk pile thousands of them up in memory.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(2 * self.config.defaults.concurrency)
+        async with self._slots:
+            return await self._poll_feed(feed, state)
+
+    async def _poll_feed(
         self, feed: FeedConfig, state: FeedState | Unknown | None = UNKNOWN
     ) -> FeedReport:
         if state is UNKNOWN:

@@ -5,7 +5,12 @@ An item joins an open story (one first seen within the window, 72 h by default) 
   * its text nearly duplicates the story's (word-set Jaccard of title and summary); or
   * in any language, it names the same people and companies (at least two, most of
     them shared) and shares a topic: "AMC Networks signs with Runway" shares only
-    Runway with "Lionsgate signs with Runway", and stays a story of its own.
+    Runway with "Lionsgate signs with Runway", and stays a story of its own; or
+  * it shares a name and two figures, one of them telling (95.04% and 15.17%).
+Each headline's lead (whom it is about) must be named by the other report, unless
+nearly all its names are. Names match word for word inside longer forms ("Universal
+Music" in "Universal Music Group"); German capitalises every noun, so there a plain
+single word is only a weak name.
 Storage finds candidate stories through a few keys per story (link, title, names and
 a bottom-k sketch of the words), so the cost per new item does not grow with the
 number of stored items.
@@ -18,8 +23,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
-from monitor.classify.text import fold
+from monitor.classify.text import fold, guess_language
 from monitor.types import Item, Match
 
 SKETCH = 8  # words kept per signature in the bottom-k sketch (candidate keys)
@@ -42,12 +48,14 @@ class Signature:
     title_entities: frozenset[str] = frozenset()  # the names the headline is about
     lead: str | None = None  # the headline's first name: whom the story is about
     numbers: frozenset[str] = frozenset()  # figures (20,000 titles; €600,000): any language
+    # maybe names, never a lead: German nouns, a sentence's unconfirmed first word
+    weak: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, object]:
         return {"url": self.url, "title_key": self.title_key, "words": sorted(self.words),
                 "entities": sorted(self.entities), "topics": sorted(self.topics),
                 "title_entities": sorted(self.title_entities), "lead": self.lead,
-                "numbers": sorted(self.numbers)}  # fmt: skip
+                "numbers": sorted(self.numbers), "weak": sorted(self.weak)}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Signature:
@@ -65,6 +73,7 @@ class Signature:
             words("title_entities"),
             str(data["lead"]) if data.get("lead") else None,
             words("numbers"),
+            words("weak"),
         )
 
 
@@ -89,6 +98,16 @@ _NOT_NAMES = frozenset(
     "el los las les des der die das ein eine".split()
 )
 
+# Capitalised only because they open a sentence: "Anche AMC Networks", "Avec Sora",
+# "Laut Landgericht München", "Unlike Lionsgate".
+_LEADING = frozenset(
+    "also and but even unlike like after before since until while with without from by to "
+    "of anche ma dopo prima con senza per tra fra secondo mentre "
+    "tambien pero tras antes desde segun con sin entre mientras "
+    "aussi mais apres avant depuis selon avec sans pour chez entre pendant en au aux du de "
+    "auch aber nach vor seit laut mit ohne bei von zu gegen trotz wegen wahrend".split()
+)
+
 
 def title_key(title: str) -> str:
     """A title as syndication repeats it: outlet suffix, case, accents and punctuation gone."""
@@ -100,26 +119,105 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(w for w in _WORD.findall(fold(text)[0]) if len(w) > 2 and w not in _FILLER)
 
 
-def entities(title: str, summary: str) -> frozenset[str]:
-    """Names (runs of capitalised words) in the item, folded. A Headline Case title
-    capitalises everything, so only the summary's names count then. One capitalised
-    word opening a sentence counts only if it is capitalised mid-sentence somewhere too."""
-    texts = [summary]
+def _headline_case(title: str) -> bool:
+    """Headline Case capitalises every word but short function words ("Lionsgate Strikes
+    Deal With Runway to Train…"); German capitalises nouns and leaves verbs lower-case
+    ("Frankreich: CNC knüpft Förderung an KI-Transparenz")."""
     words = title.split()
     capitalised = sum(1 for w in words if w[:1].isupper())
-    if not (len(words) >= 4 and capitalised / len(words) > 0.6):
-        texts.append(title)
-    found: list[tuple[str, bool]] = []  # (name, opens a sentence)
-    for text in texts:
-        for m in _NAME.finditer(text):
-            name = fold(m.group())[0].replace("-", " ").strip()
-            parts = [p for p in name.split() if p not in _NOT_NAMES]
-            if parts and len("".join(parts)) > 1:
-                opener = m.start() == 0 or text[: m.start()].rstrip()[-1:] in ".!?:«\"'"
-                found.append((" ".join(parts), opener and len(parts) == 1))
-    # an opener is a name if it is capitalised mid-sentence elsewhere, or the title has it
-    confirmed = {n for n, opener in found if not opener} | set(_WORD.findall(fold(title)[0]))
-    return frozenset(n for n, opener in found if not opener or n in confirmed)
+    long_lower = any(w[:1].islower() and len(w) > 4 for w in words)
+    return len(words) >= 4 and capitalised / len(words) > 0.6 and not long_lower
+
+
+def _marked(word: str) -> bool:
+    """A capital or a digit after the first letter (GEMA, OpenAI, YouTube): a name in
+    any language, where German capitalises every noun."""
+    return any(c.isupper() or c.isdigit() for c in word[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class _Name:
+    name: str  # folded, words joined by single spaces
+    start: int  # where it starts in its text
+    end: int
+    opener: bool  # a single word opening a sentence: may be any word
+    strong: bool  # a name even in German: marked, recognised or several words
+
+
+def _find_names(text: str, recognised: set[str]) -> list[_Name]:
+    out = []
+    for m in _NAME.finditer(text):
+        kept = []  # (folded, as written, where, the separator after it)
+        for w in re.finditer(r"[^ \-]+", m.group()):
+            folded = fold(w.group())[0]
+            if not kept and folded in _LEADING:  # "Anche AMC Networks", "Avec Sora"
+                continue
+            if folded not in _NOT_NAMES:
+                sep = m.group()[w.end() : w.end() + 1]  # a hyphen joins one word: KI-Stimme
+                kept.append((folded, w.group(), m.start() + w.start(), sep))
+        if not kept or len("".join(k[0] for k in kept)) < 2:
+            continue
+        name = " ".join(k[0] for k in kept)
+        start = kept[0][2]
+        # a quoted name opens a sentence only if the quote does: « Teammates » does not
+        before = text[:start].rstrip().rstrip("«\"'‘“#").rstrip()
+        opener = not before or before[-1] in ".!?:"
+        spaced = any(k[3] == " " for k in kept[:-1])  # "Darth Vader", not "KI-Stimme"
+        strong = spaced or any(_marked(k[1]) for k in kept) or name in recognised
+        opener = opener and len(kept) == 1 and not strong
+        out.append(_Name(name, start, m.end(), opener, strong))
+    return out
+
+
+def _names(
+    title: str, summary: str, recognised: set[str], language: str | None
+) -> tuple[list[_Name], frozenset[str], frozenset[str]]:
+    """(the title's names in order, names, weak names) of an item, folded. A Headline
+    Case title capitalises everything, so only the summary's names count then. A single
+    word opening a sentence counts only if it is capitalised mid-sentence too, recognised
+    by the topic rules, marked (GEMA), or a headline's kicker ("Agcom, arriva…"). German
+    capitalises every noun: there a single plain word is only a weak name, shared when
+    another report names it but never whom a headline is about."""
+    in_summary = _find_names(summary, recognised)
+    in_title = [] if _headline_case(title) else _find_names(title, recognised)
+    mid_sentence = {n.name for n in in_summary + in_title if not n.opener} | recognised
+    # a summary's opener the title capitalises too: "Lionsgate has signed…"
+    title_words = {fold(w)[0] for w in _WORD.findall(title) if w[:1].isupper()}
+    summary_names = {n.name for n in in_summary}
+    kept_title = [
+        n
+        for n in in_title
+        if not n.opener or n.name in mid_sentence or n.name in summary_names
+        or title[n.end :].lstrip()[:1] in ",:"
+    ]  # fmt: skip
+    kept = kept_title + [
+        n for n in in_summary if not n.opener or n.name in mid_sentence or n.name in title_words
+    ]
+    names = {n.name for n in kept} | recognised
+    # an unconfirmed opener may still be a name ("Microsoft says…"): weak, like German nouns
+    weak = {n.name for n in in_summary + in_title} - names
+    if language == "de":
+        weak |= names - ({n.name for n in kept if n.strong} | recognised)
+        names -= weak
+    return kept_title, frozenset(names), frozenset(weak)
+
+
+def _lead(title: str, kept_title: list[_Name], names: frozenset[str]) -> str | None:
+    """Whom the headline is about: its first name. A kicker ("Germania, la GEMA vince…",
+    "Landgericht München: GEMA gewinnt…") tags the place or the topic; the name after it
+    is the subject."""
+    folded = f" {' '.join(_WORD.findall(fold(title)[0]))} "
+    at = {n: folded.find(f" {' '.join(_WORD.findall(n))} ") for n in names}
+    ordered = sorted((pos, -len(n), n) for n, pos in at.items() if pos >= 0)
+    if not ordered:
+        return None
+    lead = ordered[0][2]
+    kicker = next((n for n in kept_title if n.name == lead), None)
+    if kicker is not None and title[kicker.end :].lstrip()[:1] in ",:" and len(ordered) > 1:
+        later = [n for pos, _, n in ordered if pos > ordered[0][0] and n not in lead]
+        if later:
+            return later[0]
+    return lead
 
 
 def signature(item: Item, matches: Sequence[Match], gate: str | None = None) -> Signature:
@@ -129,24 +227,25 @@ def signature(item: Item, matches: Sequence[Match], gate: str | None = None) -> 
         fold(t)[0] for m in matches for t in m.terms
         if t[:1].isupper() and fold(t)[0] not in _NOT_NAMES and not t.endswith("*")
     }  # fmt: skip
-    names = entities(item.title, item.summary) | recognised
+    text = f"{item.title} {item.summary}"
+    language = item.language or guess_language(text)
+    kept_title, names, weak = _names(item.title, item.summary, recognised, language)
+    lead = _lead(item.title, kept_title, names)
     title = f" {' '.join(_WORD.findall(fold(item.title)[0]))} "
-    in_title = {n: title.find(f" {' '.join(_WORD.findall(n))} ") for n in names}
-    in_title = {n: at for n, at in in_title.items() if at >= 0}
-    lead = min(in_title, key=lambda n: (in_title[n], -len(n))) if in_title else None
+    in_title = {n for n in names if f" {' '.join(_WORD.findall(n))} " in title}
     numbers = frozenset(
-        digits for m in _NUMBER.finditer(f"{item.title} {item.summary}")
-        if len(digits := re.sub(r"\D", "", m.group())) >= 2
+        digits for m in _NUMBER.finditer(text) if len(digits := re.sub(r"\D", "", m.group())) >= 2
     )  # fmt: skip
     return Signature(
         url=item.url,
         title_key=title_key(item.title),
-        words=_words(f"{item.title} {item.summary}"),
+        words=_words(text),
         entities=names,
         topics=frozenset(m.topic for m in matches if m.topic != gate),
         title_entities=frozenset(in_title),
         lead=lead,
         numbers=numbers,
+        weak=weak,
     )
 
 
@@ -169,6 +268,30 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
+@lru_cache(maxsize=4096)
+def _forms(names: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The words of names, and each name padded to compare word for word (cached: a
+    story's members are compared with every new item)."""
+    forms = tuple(f" {n} " for n in names)
+    return frozenset(w for f in forms for w in f.split()), forms
+
+
+def _named(name: str, names: frozenset[str], weak: frozenset[str] = frozenset()) -> bool:
+    """Whether names hold name, or a name containing it or contained in it, word for word
+    ("Universal Music" and "Universal Music Group", "VDS" and "Sprecherverband VDS"), or
+    weak holds it exactly (a German noun is no part of a longer name)."""
+    a = f" {name} "
+    words, forms = _forms(names)
+    if not words.isdisjoint(a.split()) and any(a in b or b in a for b in forms):
+        return True
+    return bool(weak) and a in _forms(weak)[1]
+
+
+def _figures(numbers: frozenset[str]) -> frozenset[str]:
+    """Figures that tell events apart: three digits or more and not a year (2027)."""
+    return frozenset(n for n in numbers if len(n) >= 3 and not re.fullmatch(r"(19|20)\d\d", n))
+
+
 def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str, bool] | None:
     """Why `new` reports the story's event, and whether it is an exact duplicate
     (a syndicated copy: counted, never alerted again); None when it does not."""
@@ -176,11 +299,19 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
         return "same link", True
     if new.title_key and new.title_key == story.title_key:
         return "same title", True
-    shared = new.entities & story.entities
+    # a name is shared when the other report names it, perhaps in a longer or shorter
+    # form, or as one of the capitalised German nouns
+    shared: set[str] = set()
+    shared_back: set[str] = set()
+    new_words, story_words = _forms(new.entities)[0], _forms(story.entities)[0]
+    if not new_words.isdisjoint(story_words | _forms(story.weak)[0]):
+        shared = {n for n in new.entities if _named(n, story.entities, story.weak)}
+    if not story_words.isdisjoint(new_words | _forms(new.weak)[0]):
+        shared_back = {n for n in story.entities if _named(n, new.entities, new.weak)}
+    count = max(len(shared), len(shared_back))
     smaller = min(len(new.entities), len(story.entities))
-    # share of the shorter list of names that both reports name: German capitalises
-    # every noun, so a German report lists many "names"; the shared ones decide
-    names = len(shared) / smaller if smaller else 0.0
+    # share of the shorter list of names that both reports name
+    names = min(1.0, count / smaller) if smaller else 0.0
     # the same words about different names are look-alike events ("Sony sues Udio",
     # "Universal sues Suno"), not one story
     other_names = smaller >= 2 and names < 0.25
@@ -189,18 +320,32 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
         return f"near-duplicate text ({text:.2f})", False
     # whom each headline is about must be named by the other: "AMC Networks signs with
     # Runway, a day after Lionsgate" names both studios, but it is about AMC
-    headlines_agree = (
-        new.lead is None or story.lead is None
-        or (new.lead in story.entities and story.lead in new.entities)
-    )  # fmt: skip
+    new_lead_named = new.lead is None or _named(new.lead, story.entities, story.weak)
+    story_lead_named = story.lead is None or _named(story.lead, new.entities, new.weak)
     topics_agree = not new.topics or not story.topics or bool(new.topics & story.topics)
-    if not (headlines_agree and topics_agree):
+    if not topics_agree:
         return None
-    leads_shared = new.lead in shared and story.lead in shared
-    if len(shared) >= rules.min_shared_entities and (names >= 0.5 or leads_shared):
-        return f"same names ({', '.join(sorted(shared))})", False
     figures = new.numbers & story.numbers
-    if shared and new.lead is not None and new.lead == story.lead and figures:
+    # two figures, one of them telling (95.04% and 15.17%; 2027 and €600,000), and a
+    # name: the same event, whichever name each headline opens with
+    if count and len(figures) >= 2 and _figures(figures) and (new_lead_named or story_lead_named):
+        return f"same name and figures ({', '.join(sorted(figures))})", False
+    # a headline may lead with a name the other report does not know (spelt otherwise:
+    # "Darth Vader", "Dark Vador") if the other knows nearly all its names, three at
+    # least; a report that recalls another event ("hours after UMG sued Suno, Sony…")
+    # names much that the other does not
+    leads = new.lead is not None and story.lead is not None  # else nothing to agree on
+    lead_unknown = leads and not (new_lead_named and story_lead_named)
+    if lead_unknown:
+        if not (new_lead_named or story_lead_named):
+            return None
+        side, known = (story, shared_back) if new_lead_named else (new, shared)
+        if not (len(known) >= 3 and 4 * len(known) >= 3 * len(side.entities)):
+            return None
+    leads_shared = leads and not lead_unknown
+    if count >= rules.min_shared_entities and (names >= 0.5 or leads_shared):
+        return f"same names ({', '.join(sorted(shared | shared_back))})", False
+    if count and leads_shared and figures:
         return f"same name and figures ({new.lead}; {', '.join(sorted(figures))})", False
     return None
 

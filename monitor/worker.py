@@ -30,6 +30,8 @@ LEASE_MARGIN = timedelta(seconds=10)
 
 
 class WorkerService(Service):
+    lag_jobs = ("claim",)  # a late claim is the scheduler lag of a worker
+
     def __init__(self, *args: object, **kwargs: object):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.worker = f"{socket.gethostname()}:{os.getpid()}"

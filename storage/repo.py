@@ -37,6 +37,7 @@ _STALE_SENDING = timedelta(hours=1)  # a digest "sending" this long was cut off:
 DELIVERY_LEASE = timedelta(minutes=2)  # a claimed delivery is sent well within this
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
+_STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
@@ -389,11 +390,16 @@ class Repository:
         keys = story_rules.keys(sig)
         opened_after = now - rules.window
         kt, st = StoryKeyRow.__table__, StoryRow.__table__
+        # the open stories sharing the most keys with the item: a name every story has
+        # (a big studio) must not make each new item read hundreds of stories
+        shared = func.count().label("shared")
         candidate_ids = list(
             conn.execute(
                 select(kt.c.story_id)
                 .where(kt.c.key.in_(list(keys)), kt.c.first_seen >= opened_after)
-                .distinct()
+                .group_by(kt.c.story_id)
+                .order_by(shared.desc(), kt.c.story_id.desc())
+                .limit(_STORY_CANDIDATES)
             ).scalars()
         )
         candidates = []

@@ -39,6 +39,50 @@ AMC = (
     "AMC Networks will use Runway's video models for marketing materials and "
     "pre-visualisation of its series.",
 )
+GEMA_EN = (
+    "GEMA wins landmark case against OpenAI in Munich",
+    "A Munich regional court has ruled that OpenAI infringed copyright with ChatGPT by "
+    "reproducing lyrics from nine German songs. GEMA called it a first in Europe.",
+)
+GEMA_IT = (
+    "Germania, la GEMA vince la causa contro OpenAI sui testi delle canzoni",
+    "Il tribunale di Monaco di Baviera ha dato ragione alla GEMA: ChatGPT ha violato il "
+    "diritto d'autore riproducendo i testi di nove canzoni. OpenAI valuta il ricorso.",
+)
+GEMA_DE = (
+    "Landgericht München: GEMA gewinnt gegen OpenAI",
+    "Das Landgericht hat entschieden, dass OpenAI mit ChatGPT Urheberrechte verletzt, weil "
+    "das Modell Liedtexte von neun Songs wiedergibt. OpenAI kündigte Berufung an.",
+)
+STRIKE_EN = (
+    "SAG-AFTRA members ratify video game contract, ending strike",
+    "Performers approved the Interactive Media Agreement by 95.04%, with consent rules "
+    "for AI replicas and raises totaling 15.17%.",
+)
+STRIKE_IT = (
+    "Usa, finisce lo sciopero degli attori dei videogiochi",
+    "Gli iscritti al sindacato SAG-AFTRA hanno approvato con il 95,04% il nuovo accordo: "
+    "consenso obbligatorio per le repliche digitali e aumenti del 15,17%.",
+)
+VADER_EN = (
+    "SAG-AFTRA takes Epic Games to the NLRB over Fortnite's AI Darth Vader",
+    "The union says Llama Productions, an Epic Games subsidiary, replaced actors with an AI "
+    "voice of Darth Vader in Fortnite without bargaining.",
+)
+VADER_FR = (
+    "La voix IA de Dark Vador dans Fortnite vaut une plainte à Epic Games",
+    "Le syndicat SAG-AFTRA accuse Llama Productions, filiale d'Epic Games, d'avoir remplacé "
+    "des comédiens par une voix IA dans Fortnite. Plainte déposée auprès du NLRB.",
+)
+UMG = (
+    "Universal Music Group sues Suno over AI vocals",
+    "Universal Music Group has filed suit against Suno in Massachusetts over 1,400 recordings.",
+)
+SONY_AFTER_UMG = (
+    "Sony Music Sues Udio, Alleging AI Training on Its Catalog",
+    "Hours after UMG went after Suno, Sony Music Entertainment filed its own suit against "
+    "Udio in New York, claiming Udio copied 820 Sony recordings.",
+)
 
 
 def item(text: tuple[str, str], feed: str = "thr", url: str | None = None, lang: str = "en",
@@ -80,6 +124,22 @@ def item(text: tuple[str, str], feed: str = "thr", url: str | None = None, lang:
             ),
             False,
         ),
+        # German capitalises nouns: whom the headline is about is a name, not "Landgericht"
+        (item(GEMA_EN), item(GEMA_DE, "heise", lang="de"), True),
+        # a kicker ("Germania, …") tags the place; the headline is about GEMA
+        (item(GEMA_EN), item(GEMA_IT, "thr-roma", lang="it"), True),
+        # a longer form of a name is the same name
+        (
+            item(("Universal Music sues Suno over AI vocals", "Universal Music sued Suno.")),
+            item(UMG, "billboard"),
+            True,
+        ),
+        # one name and the same figures (95.04%, 15.17%), whatever the headline opens with
+        (item(STRIKE_EN), item(STRIKE_IT, "ansa-cinema", lang="it"), True),
+        # nearly all names shared outweigh a lead spelt otherwise (Dark Vador)
+        (item(VADER_EN), item(VADER_FR, "numerama", lang="fr"), True),
+        # recalling another event names its names, but the report is about Sony and Udio
+        (item(UMG), item(SONY_AFTER_UMG, "variety"), False),
     ],
 )
 def test_which_reports_are_one_story(a: Item, b: Item, joins: bool) -> None:
@@ -88,6 +148,25 @@ def test_which_reports_are_one_story(a: Item, b: Item, joins: bool) -> None:
         signature(b, DEAL, "ai_entertainment"), signature(a, DEAL, "ai_entertainment"), rules
     )
     assert (verdict is not None) is joins, verdict
+
+
+@pytest.mark.parametrize(
+    "text, lang, lead",
+    [
+        (("Landgericht München: GEMA gewinnt gegen OpenAI", "Das Gericht urteilt."), "de", "gema"),
+        (("Streik der Videospiel-Sprecher in den USA beendet", "Der Streik ist vorbei."), "de",
+         "usa"),
+        (("Anche AMC Networks sceglie Runway", "AMC Networks userà Runway."), "it",
+         "amc networks"),
+        (("Avec Gen-5, Runway promet une minute de vidéo", "Runway dévoile Gen-5."), "fr", "gen"),
+        (("Etichetta obbligatoria: le nuove regole Agcom", "Lo prevedono le linee guida."), "it",
+         "agcom"),
+        (("Lionsgate Strikes Deal With Runway to Train Custom AI Model", "Lionsgate signed."),
+         "en", "lionsgate"),
+    ],
+)  # fmt: skip
+def test_the_lead_is_the_name_the_headline_is_about(text, lang, lead) -> None:
+    assert signature(item(text, lang=lang), DEAL, "ai_entertainment").lead == lead
 
 
 @pytest.mark.parametrize(

@@ -70,8 +70,13 @@ def test_workers_share_the_feeds_and_a_killed_worker_loses_nothing(
         path = f"/{feed}.xml"
         route = feed_server.add(path, body, handler=slow(body, 1.5) if feed in SLOW else None)
         lines += [f"  - name: {feed}", f"    url: {route}"]
-    lines += ["topics:", "  ai: {label: AI, query: AI}", "slack:", '  default_channel: "#ai-news"',
-              "  burst: 1000"]
+    lines += [
+        "topics:",
+        "  ai: {label: AI, query: AI}",
+        "slack:",
+        '  default_channel: "#ai-news"',
+        "  burst: 1000",
+    ]
     config = tmp_path / "feeds.yaml"
     config.write_text("\n".join(lines) + "\n")
     repo = Repository(make_engine(url))

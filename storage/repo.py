@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, select, update
 from sqlmodel import Session
 
 from monitor import stories as story_rules
@@ -351,11 +352,11 @@ class Repository:
         if match_rows:
             conn.execute(self._insert()(MatchRow.__table__).on_conflict_do_nothing(), match_rows)
         by_identity = {i.identity: i for i in items}
-        copies = set()  # syndicated copies of a story already alerted: counted, not sent
-        for identity, item_id in new_ids.items():
-            matches = parsed.matches.get(identity, ())
-            if matches and self._join_story(conn, item_id, by_identity[identity], matches, now):
-                copies.add(item_id)
+        # syndicated copies of a story already alerted: counted, not sent
+        copies = self._assign_stories(conn, [
+            (item_id, by_identity[identity], parsed.matches[identity])
+            for identity, item_id in new_ids.items() if parsed.matches.get(identity)
+        ], now)  # fmt: skip
         delivery_rows = []
         for identity, item_id in new_ids.items():
             matches = parsed.matches.get(identity, ())
@@ -380,74 +381,116 @@ class Repository:
 
     # -- stories -----------------------------------------------------------------------------
 
-    def _join_story(
-        self, conn: Connection, item_id: int, item: Item, matches: Sequence[Match], now: datetime
-    ) -> bool:
-        """Put a new relevant item in its story (an open one it reports, or a new one).
-        True when it is an exact copy (same link or title) of a story's item."""
+    def _assign_stories(
+        self, conn: Connection, entries: Sequence[tuple[int, Item, Sequence[Match]]],
+        now: datetime,
+    ) -> set[int]:  # fmt: skip
+        """Put new relevant items in their stories (an open one they report, or a new one),
+        with a few statements per poll, not per item. Returns the items that are exact
+        copies (same link or title) of a story's item: counted, never alerted."""
+        if not entries:
+            return set()
         rules = self.story_rules
-        sig = story_rules.signature(item, matches, self.gate)
-        keys = story_rules.keys(sig)
-        opened_after = now - rules.window
         kt, st = StoryKeyRow.__table__, StoryRow.__table__
-        # the open stories sharing the most keys with the item: a name every story has
-        # (a big studio) must not make each new item read hundreds of stories
-        shared = func.count().label("shared")
-        candidate_ids = list(
-            conn.execute(
-                select(kt.c.story_id)
-                .where(kt.c.key.in_(list(keys)), kt.c.first_seen >= opened_after)
-                .group_by(kt.c.story_id)
-                .order_by(shared.desc(), kt.c.story_id.desc())
-                .limit(_STORY_CANDIDATES)
-            ).scalars()
-        )
-        candidates = []
-        if candidate_ids:
-            for row in conn.execute(
-                select(st.c.id, st.c.signatures).where(st.c.id.in_(candidate_ids))
+        prepared = []
+        for item_id, item, matches in entries:
+            sig = story_rules.signature(item, matches, self.gate)
+            prepared.append((item_id, item, matches, sig, story_rules.keys(sig)))
+        # every open story that shares a key with any of the items, in one query
+        by_key: dict[str, set[int]] = {}
+        all_keys = sorted({k[:500] for *_, keys in prepared for k in keys})
+        for chunk in _chunks(all_keys):
+            for story_id, key in conn.execute(
+                select(kt.c.story_id, kt.c.key).where(
+                    kt.c.key.in_(chunk), kt.c.first_seen >= now - rules.window
+                )
             ):
-                candidates += [(row.id, story_rules.Signature.from_json(d)) for d in row.signatures]
-        found = story_rules.best_story(sig, candidates, rules)
-        topics = sorted(m.topic for m in matches)
-        if found is None:
-            story_id = conn.execute(
-                self._insert()(st)
-                .values(lead_item_id=item_id, title=item.title[:500], first_seen=now,
-                        last_seen=now, items=1, outlets=[item.feed],
-                        languages=[item.language] if item.language else [], topics=topics,
-                        signatures=[sig.to_json()])
-                .returning(st.c.id)
-            ).scalar_one()  # fmt: skip
-            reason, exact = "first report", False
-            self._add_story_keys(conn, story_id, keys, now)
-        else:
-            story_id, reason, exact = found
-            row = conn.execute(select(st).where(st.c.id == story_id)).one()
-            values: dict[str, Any] = {"items": row.items + 1, "last_seen": now}
-            if item.feed not in row.outlets:
-                values["outlets"] = [*row.outlets, item.feed]
-            if item.language and item.language not in row.languages:
-                values["languages"] = [*row.languages, item.language]
-            if set(topics) - set(row.topics):
-                values["topics"] = sorted(set(row.topics) | set(topics))
-            if not exact and len(row.signatures) < _STORY_SIGNATURES:
-                values["signatures"] = [*row.signatures, sig.to_json()]
-                self._add_story_keys(conn, story_id, keys, row.first_seen)
-            conn.execute(update(st).where(st.c.id == story_id).values(**values))
-        conn.execute(
-            self._insert()(StoryItemRow.__table__)
-            .values(item_id=item_id, story_id=story_id, reason=reason, exact=exact)
-            .on_conflict_do_nothing()
-        )
-        return exact
-
-    def _add_story_keys(
-        self, conn: Connection, story_id: int, keys: Iterable[str], first_seen: datetime
-    ) -> None:
-        rows = [{"key": k[:500], "story_id": story_id, "first_seen": first_seen} for k in keys]
-        if rows:
-            conn.execute(self._insert()(StoryKeyRow.__table__).on_conflict_do_nothing(), rows)
+                by_key.setdefault(key, set()).add(story_id)
+        stories: dict[int, dict[str, Any]] = {}  # the candidate stories, changed in memory
+        wanted = {sid for ids in by_key.values() for sid in ids}
+        for chunk in _chunks(sorted(wanted)):
+            for row in conn.execute(select(st).where(st.c.id.in_(chunk))):
+                stories[row.id] = {
+                    "items": row.items, "outlets": list(row.outlets),
+                    "languages": list(row.languages), "topics": list(row.topics),
+                    "signatures": list(row.signatures), "first_seen": row.first_seen,
+                    "parsed": None, "dirty": False,
+                }  # fmt: skip
+        copies: set[int] = set()
+        key_rows: list[dict[str, Any]] = []
+        member_rows: list[dict[str, Any]] = []
+        for item_id, item, matches, sig, keys in prepared:
+            # the open stories sharing the most keys with the item: a name every story
+            # has (a big studio) must not make each new item read hundreds of stories
+            shared = Counter(sid for k in keys for sid in by_key.get(k[:500], ()))
+            ranked = sorted(shared, key=lambda sid: (-shared[sid], -sid))[:_STORY_CANDIDATES]
+            candidates = []
+            for sid in ranked:
+                story = stories[sid]
+                if story["parsed"] is None:
+                    story["parsed"] = [story_rules.Signature.from_json(d)
+                                       for d in story["signatures"]]  # fmt: skip
+                candidates += [(sid, parsed) for parsed in story["parsed"]]
+            found = story_rules.best_story(sig, candidates, rules)
+            topics = sorted(m.topic for m in matches)
+            if found is None:
+                sid = conn.execute(
+                    self._insert()(st)
+                    .values(lead_item_id=item_id, title=item.title[:500], first_seen=now,
+                            last_seen=now, items=1, outlets=[item.feed],
+                            languages=[item.language] if item.language else [], topics=topics,
+                            signatures=[sig.to_json()])
+                    .returning(st.c.id)
+                ).scalar_one()  # fmt: skip
+                stories[sid] = {
+                    "items": 1, "outlets": [item.feed],
+                    "languages": [item.language] if item.language else [], "topics": topics,
+                    "signatures": [sig.to_json()], "first_seen": now, "parsed": [sig],
+                    "dirty": False,
+                }  # fmt: skip
+                reason, exact, new_keys = "first report", False, keys
+            else:
+                sid, reason, exact = found
+                story = stories[sid]
+                story["items"] += 1
+                story["dirty"] = True
+                if item.feed not in story["outlets"]:
+                    story["outlets"].append(item.feed)
+                if item.language and item.language not in story["languages"]:
+                    story["languages"].append(item.language)
+                story["topics"] = sorted(set(story["topics"]) | set(topics))
+                new_keys = set()
+                if not exact and len(story["signatures"]) < _STORY_SIGNATURES:
+                    story["signatures"].append(sig.to_json())
+                    story["parsed"].append(sig)
+                    new_keys = keys
+            for k in new_keys:
+                by_key.setdefault(k[:500], set()).add(sid)
+                key_rows.append({"key": k[:500], "story_id": sid,
+                                 "first_seen": stories[sid]["first_seen"]})  # fmt: skip
+            member_rows.append({"item_id": item_id, "story_id": sid, "reason": reason,
+                                "exact": exact})  # fmt: skip
+            if exact:
+                copies.add(item_id)
+        changed = [
+            {"sid": sid, "items": v["items"], "last_seen": now, "outlets": v["outlets"],
+             "languages": v["languages"], "topics": v["topics"],
+             "signatures": v["signatures"]}
+            for sid, v in stories.items() if v["dirty"]
+        ]  # fmt: skip
+        if changed:
+            conn.execute(
+                update(st).where(st.c.id == bindparam("sid")).values(
+                    items=bindparam("items"), last_seen=bindparam("last_seen"),
+                    outlets=bindparam("outlets"), languages=bindparam("languages"),
+                    topics=bindparam("topics"), signatures=bindparam("signatures"),
+                ),
+                changed,
+            )  # fmt: skip
+        if key_rows:
+            conn.execute(self._insert()(kt).on_conflict_do_nothing(), key_rows)
+        conn.execute(self._insert()(StoryItemRow.__table__).on_conflict_do_nothing(), member_rows)
+        return copies
 
     def story_of(self, item_ids: Sequence[int]) -> dict[int, StoryInfo]:
         """For items in a story: the story, whether the item leads it, and its coverage."""

@@ -21,7 +21,7 @@ import smtplib
 import ssl
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -184,6 +184,7 @@ class Entry:
     terms: tuple[str, ...]
     also: tuple[str, ...]  # other outlets that carried the same story
     score: float
+    languages: tuple[str, ...] = ()  # every language the story was reported in
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +299,9 @@ def build_digest(
     for members in stories:
         lead = members[0]  # the best-scored report of the story leads it
         also = tuple(dict.fromkeys(m.feed for m in members[1:] if m.feed != lead.feed))
-        entries.append((_section_of(lead, gate), _entry(lead, also, tz)))
+        languages = tuple(dict.fromkeys(m.language for m in members if m.language))
+        entry = replace(_entry(lead, also, tz), languages=languages)
+        entries.append((_section_of(lead, gate), entry))
     rank = sorted(entries, key=lambda te: (-len(te[1].also), -te[1].score))
     most = tuple(e for _, e in rank if e.also)[:MOST_COVERED]
     sections = []

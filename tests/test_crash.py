@@ -92,6 +92,8 @@ def test_twenty_kills_lose_nothing_and_repeat_at_most_one_message_each(
         assert wait_for(lambda: repo.delivery_counts() == {"sent": total}, 60), (
             repo.delivery_counts()
         )
+        # stopped once running (a SIGTERM before the handlers are set is the default death)
+        assert wait_for(lambda: "service started" in log.read_text(), 30)
     finally:
         proc.terminate()
         code = proc.wait(timeout=30)

@@ -147,7 +147,7 @@ def test_items_grouped_by_topic_ranked_and_counted_against_the_previous_period()
     assert (d.items, d.stories, d.outlets) == (5, 3, 4)
     (top,) = d.most_covered
     assert top.title.startswith("Lionsgate signs with Runway") and top.outlet == "thr"
-    assert set(top.also) == {"variety", "deadline"}
+    assert set(top.also) == {"variety", "deadline"} and top.languages == ("en",)
     assert [(s.label, len(s.entries)) for s in d.sections] == [
         ("Deals", 1), ("Unions", 1), ("Other stories", 1)
     ]  # fmt: skip
@@ -437,3 +437,18 @@ def test_the_service_sends_a_digest_missed_while_it_was_down(
         code, out = stop(proc)
     assert code == 0, out
     assert len(smtp.received) == 1
+
+
+def test_a_stored_story_is_one_entry_with_its_outlets_and_languages() -> None:
+    def reported(title: str, feed: str, lang: str) -> DigestSource:
+        return DigestSource(feed, title, None, "s", lang, IN_WEEK, (Match("ai_entertainment",
+                            ("AI",), 3.0),), story=7)  # fmt: skip
+
+    d = digest([reported("Lionsgate signs with Runway", "thr", "en"),
+                reported("Lionsgate firma con Runway", "thr-roma", "it"),
+                reported("Lionsgate y Runway se alían", "elpais-cultura", "es")])  # fmt: skip
+    (top,) = d.most_covered
+    assert d.stories == 1 and top.also == ("thr-roma", "elpais-cultura")
+    assert top.languages == ("en", "it", "es")
+    text, html = render_digest(d)
+    assert "en, it, es" in text and "en, it, es" in html

@@ -684,15 +684,8 @@ class Repository:
                 )
                 .order_by(table.c.next_attempt, table.c.id)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
             )
-            ids = list(conn.execute(due).scalars())
-            if ids:
-                conn.execute(
-                    update(table)
-                    .where(table.c.id.in_(ids))
-                    .values(lease_until=now + DELIVERY_LEASE, leased_by=worker)
-                )
+            ids = _claim(conn, table.c.id, due, now + DELIVERY_LEASE, worker)
         if not ids:
             return []
         with Session(self.engine) as s:
@@ -772,16 +765,8 @@ class Repository:
                 )
                 .order_by(table.c.next_poll.is_not(None), table.c.next_poll, table.c.name)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
             )
-            claimed = list(conn.execute(due).scalars())
-            if claimed:
-                conn.execute(
-                    update(table)
-                    .where(table.c.name.in_(claimed))
-                    .values(lease_until=now + lease, leased_by=worker or _WORKER)
-                )
-        return claimed
+            return _claim(conn, table.c.name, due, now + lease, worker or _WORKER)
 
     def deliveries(self, status: str | None = None, limit: int = 1000) -> list[DeliveryRecord]:
         with Session(self.engine) as s:
@@ -935,6 +920,17 @@ class Repository:
         with Session(self.engine) as s:
             row = s.get(HeartbeatRow, name)
             return row.at if row else None
+
+
+def _claim(conn: Connection, key: Any, due: Any, until: datetime, worker: str) -> list[Any]:
+    """Lease the rows `due` selects to `worker` until `until`: rows another worker is
+    claiming at this moment are skipped (FOR UPDATE SKIP LOCKED; SQLite has one writer)."""
+    ids = list(conn.execute(due.with_for_update(skip_locked=True)).scalars())
+    if ids:
+        conn.execute(
+            update(key.table).where(key.in_(ids)).values(lease_until=until, leased_by=worker)
+        )
+    return ids
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -218,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.log_level)
     try:
         if args.command == "run":
+            # a SIGTERM while starting (before the service's own handlers) exits cleanly
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
             return cmd_run(args)
         if args.command == "poll":
             return cmd_poll(args)

@@ -126,3 +126,11 @@ def test_sigkill_mid_dispatch_loses_nothing_and_repeats_at_most_one(
     delivered = [c.payload["text"] for c in slack_server.calls]
     assert {t for t in relevant if any(t in d for d in delivered)} == relevant  # none lost
     assert len(delivered) - len(set(delivered)) <= 1  # at most the one in flight repeated
+
+
+def test_sigterm_while_starting_is_a_clean_exit(tmp_path: Path, slack_server: SlackServer) -> None:
+    config = write_config(tmp_path, {"thr": "http://127.0.0.1:9/feed"})
+    proc = start(config, slack_server)
+    time.sleep(0.6)  # importing, opening the database: the service's handlers are not set
+    code, out = stop(proc)
+    assert code == 0, out

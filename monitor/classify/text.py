@@ -82,14 +82,20 @@ _STOPWORDS: dict[str, frozenset[str]] = {
 }
 
 
+# word -> the languages it is a stopword of: one dict lookup per word
+_STOPWORD_LANGS: dict[str, tuple[str, ...]] = {}
+for _lang, _words in _STOPWORDS.items():
+    for _w in _words:
+        _STOPWORD_LANGS[_w] = (*_STOPWORD_LANGS.get(_w, ()), _lang)
+
+
 def guess_language(text: str) -> str | None:
     """en, it, es, fr or de by counting stopwords; None unless the text clearly says."""
     counts = dict.fromkeys(_STOPWORDS, 0)
-    words = _WORD.findall(text.lower())
-    for word in words[:200]:
-        for lang, stop in _STOPWORDS.items():
-            if word in stop:
-                counts[lang] += 1
+    lookup = _STOPWORD_LANGS.get
+    for word in _WORD.findall(text[:2000].lower())[:200]:
+        for lang in lookup(word, ()):
+            counts[lang] += 1
     ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
     (best, n1), (_, n2) = ranked[0], ranked[1]
     if n1 >= 3 and n1 >= 2 * n2:

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -47,9 +48,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _ignore_sigint() -> None:
+def _init_parse_worker(owner: int) -> None:
     # Ctrl-C reaches the whole process group; the service shuts the pool down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker's parent is the forkserver, not the service: if the service is killed
+    # (SIGKILL, OOM), the worker would wait on its queue forever. It leaves instead.
+    threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
+
+
+def _exit_with(owner: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # the pid was reused by another user's process
+            os._exit(0)
 
 
 def make_parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
@@ -57,8 +72,9 @@ def make_parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["monitor.parse", "feedparser"])
     return ProcessPoolExecutor(
-        max_workers=workers or os.cpu_count() or 2, mp_context=ctx, initializer=_ignore_sigint
-    )
+        max_workers=workers or os.cpu_count() or 2, mp_context=ctx,
+        initializer=_init_parse_worker, initargs=(os.getpid(),),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

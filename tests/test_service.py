@@ -39,7 +39,11 @@ def start(config: Path, slack: SlackServer) -> subprocess.Popen[str]:
 
 def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # never leave a service behind: the test fails
+        proc.kill()
+        out = proc.communicate()[0] + "\n(did not stop within 20 s of SIGTERM: killed)"
     return proc.returncode, out
 
 

@@ -909,12 +909,15 @@ class Repository:
     # -- heartbeat ---------------------------------------------------------------------------
 
     def write_heartbeat(self, name: str, now: datetime) -> None:
-        with Session(self.engine) as s, s.begin():
-            row = s.get(HeartbeatRow, name) or HeartbeatRow(
-                name=name, at=now, pid=os.getpid(), host=socket.gethostname()
-            )
-            row.at, row.pid, row.host = now, os.getpid(), socket.gethostname()
-            s.add(row)
+        # an upsert: several workers starting at once write the same heartbeat
+        values = {"name": name, "at": now, "pid": os.getpid(), "host": socket.gethostname()}
+        stmt = self._insert()(HeartbeatRow.__table__).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={k: stmt.excluded[k] for k in ("at", "pid", "host")},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
 
     def heartbeat(self, name: str) -> datetime | None:
         with Session(self.engine) as s:

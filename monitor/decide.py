@@ -85,6 +85,7 @@ def decide_feed_update(
 
 
 FAILING_FLAG_AFTER = timedelta(days=1)
+NEVER_SUCCEEDED_AFTER = 5  # failures in a row before a feed that never worked is flagged
 SILENT_MIN = timedelta(days=1)
 
 
@@ -104,7 +105,10 @@ def health_flags(
     if state.disabled:
         flags.append("disabled (gone)")
     elif state.consecutive_failures and (
-        state.last_success is None or now - state.last_success > FAILING_FLAG_AFTER
+        # never succeeded: we do not know since when, so several failures in a row
+        # (with backoff, hours) make it a problem, not one blip on a new feed
+        (state.last_success is None and state.consecutive_failures >= NEVER_SUCCEEDED_AFTER)
+        or (state.last_success is not None and now - state.last_success > FAILING_FLAG_AFTER)
     ):
         if state.last_success is None:
             flags.append("failing (never succeeded)")

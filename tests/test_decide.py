@@ -91,6 +91,12 @@ DAY = timedelta(days=1)
             FeedState("f", "u", last_success=NOW), 4, NOW - 4 * DAY, [],
         ),
         (FeedState("f", "u", disabled=True), 0, None, ["disabled (gone)"]),
+        (  # a new feed that failed once: not yet (a blip must not notify anyone)
+            FeedState("f", "u", consecutive_failures=1), 0, None, [],
+        ),
+        (  # never worked, five times in a row: flagged
+            FeedState("f", "u", consecutive_failures=5), 0, None, ["failing (never succeeded)"],
+        ),
     ],
 )  # fmt: skip
 def test_health_flags(state, items: int, last_new, flags: list[str]) -> None:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from monitor.classify.text import fold
 from monitor.errors import DeliveryError
 from monitor.normalize import is_http_url
+from monitor.stories import story_words
 from monitor.types import Match
 
 log = logging.getLogger(__name__)
@@ -237,19 +237,6 @@ def _cut(text: str, limit: int) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(",.;:") + "…"
 
 
-_TOKEN = re.compile(r"\w{4,}")
-# Words of four letters or more that say nothing about which story a title tells.
-_FILLER = frozenset(
-    "with from that this about after over into their have will says said what when more "
-    "sulla della delle degli dopo come anche sono contro para sobre como pero tras entre "
-    "dans pour avec sans plus apres mais nach eine einen einem einer oder nicht fuer ueber".split()
-)
-
-
-def _tokens(title: str) -> frozenset[str]:
-    return frozenset(_TOKEN.findall(fold(title)[0])) - _FILLER
-
-
 def group_stories(sources: Sequence[DigestSource]) -> list[list[DigestSource]]:
     """Items that report one story: the stored story when known, else the same link or
     titles sharing most of their words."""
@@ -263,7 +250,7 @@ def group_stories(sources: Sequence[DigestSource]) -> list[list[DigestSource]]:
             by_story[src.story] = [src]
             groups.append((frozenset(), set(), by_story[src.story]))
             continue
-        tokens = _tokens(src.title)
+        tokens = story_words(src.title)
         for rep, urls, members in groups:
             same_url = src.url is not None and src.url in urls
             overlap = len(tokens & rep) / len(tokens | rep) if tokens and rep else 0.0
@@ -594,7 +581,7 @@ def render_period(repo: Any, setup: DigestSetup, period: Period) -> tuple[str, s
         name=setup.name, language=setup.language, timezone=setup.timezone, period=period,
         sources=sources, labels=setup.topic_labels, gate=setup.gate,
         counts=repo.topic_counts(period.start, period.end),
-        previous_counts=repo.topic_counts(*_span(period.previous())),
+        previous_counts=repo.topic_counts(period.previous().start, period.start),
         health=setup.health, feeds_total=setup.feeds_total,
     )  # fmt: skip
     text, html = render_digest(content)
@@ -602,10 +589,6 @@ def render_period(repo: Any, setup: DigestSetup, period: Period) -> tuple[str, s
         setup.subject, name=setup.name, period=period, timezone=setup.timezone, count=len(sources)
     )
     return subject, text, html, len(sources)
-
-
-def _span(period: Period) -> tuple[datetime, datetime]:
-    return period.start, period.end
 
 
 def run_digest(
@@ -704,13 +687,16 @@ def due_periods(
 ) -> list[tuple[DigestSetup, Period]]:
     """Digests whose last complete period is owed: never sent (and the service was running
     before it ended), or waiting for a retry that is due."""
-    first = repo.first_item_seen()
+    first_seen: datetime | None = None  # read once, and only for a period never recorded
+    looked = False
     due = []
     for setup in setups:
         period = period_before(setup.schedule, setup.timezone, now)
         record = repo.digest_record(setup.name, period.start)
         if record is None:
-            if first is not None and first < period.end:
+            if not looked:
+                first_seen, looked = repo.first_item_seen(), True
+            if first_seen is not None and first_seen < period.end:
                 due.append((setup, period))
         elif record.status == "retry" and record.next_attempt and record.next_attempt <= now:
             due.append((setup, period))

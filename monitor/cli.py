@@ -450,23 +450,16 @@ def cmd_feeds_check(args: argparse.Namespace) -> int:
 
 
 def cmd_feeds_status(args: argparse.Namespace) -> int:
-    from monitor.decide import health_flags
+    from monitor.health import feed_health
     from monitor.pipeline import utcnow
 
     config = _load(args)
-    repo = _repo()
-    now = utcnow()
-    window = timedelta(days=30)
-    states = repo.feed_states()
-    activity = repo.feed_activity(now - window, now - timedelta(days=7))
+    health = feed_health(config, _repo(), utcnow())
     rows = []
     for feed in config.feeds:
-        st = states.get(feed.name) if feed.enabled else None
-        act = activity.get(feed.name)
-        flags = health_flags(
-            st, items_in_window=act.items_window if act else 0, window=window,
-            last_new_item=act.last_new_item if act else None, now=now,
-        ) if feed.enabled else ["disabled in feeds.yaml"]  # fmt: skip
+        h = health.get(feed.name)  # None: disabled in feeds.yaml
+        st, act = (h.state, h.activity) if h else (None, None)
+        flags = h.flags if h else ["disabled in feeds.yaml"]
         rows.append(
             {
                 "name": feed.name,
@@ -896,7 +889,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_digest(args: argparse.Namespace) -> int:
     from alerts.digest import parse_period, run_digest
-    from monitor.digests import digest_setups, feed_health
+    from monitor.digests import digest_setups, flagged_feeds
     from monitor.errors import DeliveryError
     from monitor.pipeline import utcnow
 
@@ -908,7 +901,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     now = utcnow()
     repo = _repo()
-    (setup,) = digest_setups(config, feed_health(config, repo, now), [args.name])
+    (setup,) = digest_setups(config, flagged_feeds(config, repo, now), [args.name])
     try:
         period = parse_period(args.period, setup.schedule, setup.timezone, now)
     except ValueError as exc:

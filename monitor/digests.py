@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from alerts.digest import DigestSetup
 from monitor.config import Config
-from monitor.decide import health_flags
-
-HEALTH_WINDOW = timedelta(days=30)
+from monitor.health import feed_health
 
 
-def feed_health(config: Config, repo: Any, now: datetime) -> dict[str, list[str]]:
+def flagged_feeds(config: Config, repo: Any, now: datetime) -> dict[str, list[str]]:
     """Enabled feeds that need attention (failing, silent, gone), with why."""
-    states = repo.feed_states()
-    activity = repo.feed_activity(now - HEALTH_WINDOW, now - timedelta(days=7))
-    out = {}
-    for feed in config.feeds:
-        if not feed.enabled:
-            continue
-        act = activity.get(feed.name)
-        flags = health_flags(
-            states.get(feed.name),
-            items_in_window=act.items_window if act else 0,
-            window=HEALTH_WINDOW,
-            last_new_item=act.last_new_item if act else None,
-            now=now,
-        )
-        if flags:
-            out[feed.name] = flags
-    return out
+    return {name: h.flags for name, h in feed_health(config, repo, now).items() if h.flags}
 
 
 def digest_setups(
@@ -66,11 +49,14 @@ def send_due_digests(
     from alerts.digest import due_periods, run_digest
     from monitor.errors import DeliveryError
 
-    if not config.digests:
+    # checked every minute: the feeds' health is read only when a digest is owed
+    due = due_periods(repo, digest_setups(config, {}), now)
+    if not due:
         return []
-    setups = digest_setups(config, feed_health(config, repo, now))
+    health = flagged_feeds(config, repo, now)
     out: list[tuple[str, Any]] = []
-    for setup, period in due_periods(repo, setups, now):
+    for setup, period in due:
+        setup = replace(setup, health=health)
         try:
             out.append((setup.name, run_digest(repo, setup, period, now=now, smtp=smtp)))
         except DeliveryError as exc:  # email not set up: say so, send the others

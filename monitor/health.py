@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from alerts.notices import render_health_notice
@@ -19,13 +20,38 @@ from alerts.slack import SlackMessage
 from monitor.config import Config
 from monitor.decide import decide_notices, health_flags
 from monitor.errors import DeliveryError
-from monitor.types import HealthNotice
-from storage.repo import Repository
+from monitor.types import FeedState, HealthNotice
+from storage.repo import FeedActivity, Repository
 
 log = logging.getLogger(__name__)
 
 HEALTH_WINDOW = timedelta(days=30)  # the window a feed's usual rhythm is measured over
 RECENT = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    state: FeedState | None
+    activity: FeedActivity | None
+    flags: list[str]  # decide.health_flags: what a user should look at
+
+
+def feed_health(config: Config, repo: Repository, now: datetime) -> dict[str, FeedHealth]:
+    """Each enabled feed's stored state, its recent activity and its health flags: what
+    `feeds status`, the health notices and the digests' feed-health line all read."""
+    states = repo.feed_states()
+    activity = repo.feed_activity(now - HEALTH_WINDOW, now - RECENT)
+    out = {}
+    for feed in config.feeds:
+        if not feed.enabled:
+            continue
+        state, act = states.get(feed.name), activity.get(feed.name)
+        flags = health_flags(
+            state, items_in_window=act.items_window if act else 0, window=HEALTH_WINDOW,
+            last_new_item=act.last_new_item if act else None, now=now,
+        )  # fmt: skip
+        out[feed.name] = FeedHealth(state, act, flags)
+    return out
 
 
 def check_health(
@@ -42,27 +68,23 @@ def check_health(
     Only feeds polled at their configured URL since `judged_since` are judged: after a
     restart, the days the service was down must not look like a silent feed.
     """
-    states = repo.feed_states()
-    activity = repo.feed_activity(now - HEALTH_WINDOW, now - RECENT)
+    health = feed_health(config, repo, now)
     noticed = repo.feed_notices()
     feeds = {f.name: f for f in config.feeds if f.enabled}
     for name in set(noticed) - set(feeds):  # removed or disabled in feeds.yaml: forget it
         repo.clear_feed_notice(name)
     flags: dict[str, list[str]] = {}
     for name, feed in feeds.items():
-        state = states.get(name)
+        state = health[name].state
         if state is None or state.url != feed.url or state.last_attempt is None:
             continue
         if judged_since is not None and state.last_attempt < judged_since:
             continue
-        act = activity.get(name)
-        flags[name] = health_flags(
-            state, items_in_window=act.items_window if act else 0, window=HEALTH_WINDOW,
-            last_new_item=act.last_new_item if act else None, now=now,
-        )  # fmt: skip
+        flags[name] = health[name].flags
     sent = []
     for notice in decide_notices(flags, noticed):
-        feed, state = feeds[notice.feed], states[notice.feed]
+        feed, state = feeds[notice.feed], health[notice.feed].state
+        assert state is not None  # judged feeds have one
         if notice.recovered:
             log.info("feed recovered feed=%s was=%s", notice.feed, notice.flag)
         else:

@@ -80,7 +80,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
-        await self.poller.db(self.poller.repo.write_heartbeat, HEARTBEAT, utcnow())
+        await self.heartbeat()  # a worker writes its own, and "scheduler" only if it schedules
         await self.schedule_feeds()
         now = utcnow()
         self.scheduler.add_job(

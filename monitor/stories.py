@@ -115,7 +115,8 @@ def title_key(title: str) -> str:
     return " ".join(_WORD.findall(fold(core)[0]))
 
 
-def _words(text: str) -> frozenset[str]:
+def story_words(text: str) -> frozenset[str]:
+    """The words of a text that say which story it tells: folded, fillers left out."""
     return frozenset(w for w in _WORD.findall(fold(text)[0]) if len(w) > 2 and w not in _FILLER)
 
 
@@ -239,7 +240,7 @@ def signature(item: Item, matches: Sequence[Match], gate: str | None = None) -> 
     return Signature(
         url=item.url,
         title_key=title_key(item.title),
-        words=_words(text),
+        words=story_words(text),
         entities=names,
         topics=frozenset(m.topic for m in matches if m.topic != gate),
         title_entities=frozenset(in_title),
@@ -303,10 +304,10 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
     # form, or as one of the capitalised German nouns
     shared: set[str] = set()
     shared_back: set[str] = set()
-    new_words, story_words = _forms(new.entities)[0], _forms(story.entities)[0]
-    if not new_words.isdisjoint(story_words | _forms(story.weak)[0]):
+    new_forms, story_forms = _forms(new.entities)[0], _forms(story.entities)[0]
+    if not new_forms.isdisjoint(story_forms | _forms(story.weak)[0]):
         shared = {n for n in new.entities if _named(n, story.entities, story.weak)}
-    if not story_words.isdisjoint(new_words | _forms(new.weak)[0]):
+    if not story_forms.isdisjoint(new_forms | _forms(new.weak)[0]):
         shared_back = {n for n in story.entities if _named(n, new.entities, new.weak)}
     count = max(len(shared), len(shared_back))
     smaller = min(len(new.entities), len(story.entities))

@@ -34,7 +34,7 @@ _URL_DROPPED = re.compile(r"[\t\n\r]")
 _URL_ESCAPED = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff\u061c]"
 )
-_SPACE = re.compile(r"\s+")
+_INVISIBLE_CHARS = re.compile("[" + "".join(map(chr, _INVISIBLE)) + "]")
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]{1,31});")
 
 TITLE_MAX = 500
@@ -105,22 +105,37 @@ def clean_text(value: str | None, limit: int) -> str:
     """Plain, single-line, safe text from a feed field that may hold HTML."""
     if not value:
         return ""
-    text = html_to_text(value)
+    text = _blank(html_to_text(value))
+    refold = False
     # Entities are decoded after the tags are gone; feeds double- and triple-escape
     # them ("&amp;amp;" survives one parse as "&amp;").
-    for _ in range(4):
-        if not _ENTITY.search(text):
-            break
-        text = html.unescape(text)
-    if "<" in text:  # markup that was escaped once too often: "&lt;b&gt;Lionsgate&lt;/b&gt;"
-        text = html_to_text(text)
-    text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
-    text = _CONTROL.sub(" ", text)
-    text = _SPACE.sub(" ", text).strip()
+    if "&" in text and _ENTITY.search(text):
+        text = text[: 8 * limit]  # decoding only shortens it; feeds carry whole articles
+        for _ in range(4):
+            if not _ENTITY.search(text):
+                break
+            text = html.unescape(text)
+        if "<" in text:  # markup that was escaped once too often: "&lt;b&gt;AI&lt;/b&gt;"
+            text = html_to_text(text)
+        refold = True
+    if not text.isascii():
+        if _INVISIBLE_CHARS.search(text):
+            text = _INVISIBLE_CHARS.sub("", text)
+            refold = True
+        text = unicodedata.normalize("NFC", text)
+    if refold:
+        text = _blank(text)
     if len(text) > limit:
         cut = text.rfind(" ", 0, limit - 1)
         text = text[: cut if cut > limit // 2 else limit - 1].rstrip() + "…"
     return text
+
+
+def _blank(text: str) -> str:
+    """Control characters and runs of whitespace as one space, none at the ends."""
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(" ", text)
+    return " ".join(text.split())
 
 
 def clean_identifier(value: str | None, limit: int) -> str:

@@ -6,6 +6,7 @@ the event loop never waits on the database.
 
 from __future__ import annotations
 
+import heapq
 import os
 import socket
 from collections import Counter
@@ -39,6 +40,8 @@ DELIVERY_LEASE = timedelta(minutes=2)  # a claimed delivery is sent well within 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
+_STORY_KEY_SPREAD = 1_000  # a key shared by more open stories than this is not a candidate key
+_STORY_CACHE = 20_000  # stories kept parsed in memory between polls
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
@@ -181,6 +184,9 @@ class Repository:
         self.engine = engine
         self.story_rules = story_rules.StoryRules()
         self.gate: str | None = None  # the topic every relevant item has: not a story topic
+        # open stories as last read or written, with their signatures parsed: reused while
+        # the row's (items, last_seen) still match, so another worker's change is seen
+        self._stories: dict[int, dict[str, Any]] = {}
 
     def configure_stories(self, rules: story_rules.StoryRules, gate: str | None) -> None:
         self.story_rules, self.gate = rules, gate
@@ -254,6 +260,7 @@ class Repository:
             with self.engine.begin() as conn:
                 return [self._store(conn, p) for p in polls]
         except Exception as exc:
+            self._stories.clear()  # it may hold what was rolled back
             if len(polls) == 1:
                 return [exc]
         results: list[StoreResult | Exception] = []
@@ -262,6 +269,7 @@ class Repository:
                 with self.engine.begin() as conn:
                     results.append(self._store(conn, poll))
             except Exception as exc:
+                self._stories.clear()
                 results.append(exc)
         return results
 
@@ -406,31 +414,32 @@ class Repository:
                 )
             ):
                 by_key.setdefault(key, set()).add(story_id)
-        stories: dict[int, dict[str, Any]] = {}  # the candidate stories, changed in memory
-        wanted = {sid for ids in by_key.values() for sid in ids}
-        for chunk in _chunks(sorted(wanted)):
-            for row in conn.execute(select(st).where(st.c.id.in_(chunk))):
-                stories[row.id] = {
-                    "items": row.items, "outlets": list(row.outlets),
-                    "languages": list(row.languages), "topics": list(row.topics),
-                    "signatures": list(row.signatures), "first_seen": row.first_seen,
-                    "parsed": None, "dirty": False,
-                }  # fmt: skip
+        # the open stories sharing the most keys with an item: a name every story has (a
+        # big studio) must not make each new item read hundreds of stories
+        def ranked(keys: set[str]) -> list[int]:
+            shared: Counter[int] = Counter()
+            for k in keys:
+                ids = by_key.get(k[:500], ())
+                if len(ids) <= _STORY_KEY_SPREAD:  # a key of most stories tells none apart
+                    shared.update(ids)
+            best = heapq.nlargest(_STORY_CANDIDATES, shared.items(), key=lambda kv: kv[::-1])
+            return [sid for sid, _ in best]
+
+        # the candidates, changed in memory; read in one go, not per item
+        stories = self._load_stories(conn, {sid for *_, keys in prepared for sid in ranked(keys)})
         copies: set[int] = set()
         key_rows: list[dict[str, Any]] = []
         member_rows: list[dict[str, Any]] = []
         for item_id, item, matches, sig, keys in prepared:
-            # the open stories sharing the most keys with the item: a name every story
-            # has (a big studio) must not make each new item read hundreds of stories
-            shared = Counter(sid for k in keys for sid in by_key.get(k[:500], ()))
-            ranked = sorted(shared, key=lambda sid: (-shared[sid], -sid))[:_STORY_CANDIDATES]
-            candidates = []
-            for sid in ranked:
-                story = stories[sid]
-                if story["parsed"] is None:
-                    story["parsed"] = [story_rules.Signature.from_json(d)
-                                       for d in story["signatures"]]  # fmt: skip
-                candidates += [(sid, parsed) for parsed in story["parsed"]]
+            # ranked again: the stories this poll created or grew count too
+            candidate_ids = ranked(keys)
+            if missing := {sid for sid in candidate_ids if sid not in stories}:
+                stories.update(self._load_stories(conn, missing))
+            candidates = [
+                (sid, parsed)
+                for sid in candidate_ids if sid in stories
+                for parsed in stories[sid]["parsed"]
+            ]  # fmt: skip
             found = story_rules.best_story(sig, candidates, rules)
             topics = sorted(m.topic for m in matches)
             if found is None:
@@ -442,11 +451,11 @@ class Repository:
                             signatures=[sig.to_json()])
                     .returning(st.c.id)
                 ).scalar_one()  # fmt: skip
-                stories[sid] = {
+                stories[sid] = self._stories[sid] = {
                     "items": 1, "outlets": [item.feed],
                     "languages": [item.language] if item.language else [], "topics": topics,
-                    "signatures": [sig.to_json()], "first_seen": now, "parsed": [sig],
-                    "dirty": False,
+                    "signatures": [sig.to_json()], "first_seen": now, "last_seen": now,
+                    "parsed": [sig], "dirty": False,
                 }  # fmt: skip
                 reason, exact, new_keys = "first report", False, keys
             else:
@@ -478,6 +487,9 @@ class Repository:
              "signatures": v["signatures"]}
             for sid, v in stories.items() if v["dirty"]
         ]  # fmt: skip
+        for v in stories.values():
+            if v["dirty"]:
+                v["last_seen"], v["dirty"] = now, False
         if changed:
             conn.execute(
                 update(st).where(st.c.id == bindparam("sid")).values(
@@ -491,6 +503,32 @@ class Repository:
             conn.execute(self._insert()(kt).on_conflict_do_nothing(), key_rows)
         conn.execute(self._insert()(StoryItemRow.__table__).on_conflict_do_nothing(), member_rows)
         return copies
+
+    def _load_stories(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
+        """The stories `ids`, from the cache where the row has not changed since."""
+        st = StoryRow.__table__
+        out: dict[int, dict[str, Any]] = {}
+        stale = []
+        for chunk in _chunks(sorted(ids)):
+            query = select(st.c.id, st.c["items"], st.c.last_seen).where(st.c.id.in_(chunk))
+            for sid, items, last_seen in conn.execute(query):
+                cached = self._stories.get(sid)
+                if cached and (cached["items"], cached["last_seen"]) == (items, last_seen):
+                    out[sid] = cached
+                else:
+                    stale.append(sid)
+        if len(self._stories) + len(stale) > _STORY_CACHE:
+            self._stories.clear()
+        for chunk in _chunks(stale):
+            for row in conn.execute(select(st).where(st.c.id.in_(chunk))):
+                out[row.id] = self._stories[row.id] = {
+                    "items": row.items, "outlets": list(row.outlets),
+                    "languages": list(row.languages), "topics": list(row.topics),
+                    "signatures": list(row.signatures), "first_seen": row.first_seen,
+                    "last_seen": row.last_seen, "dirty": False,
+                    "parsed": [story_rules.Signature.from_json(d) for d in row.signatures],
+                }  # fmt: skip
+        return out
 
     def story_of(self, item_ids: Sequence[int]) -> dict[int, StoryInfo]:
         """For items in a story: the story, whether the item leads it, and its coverage."""

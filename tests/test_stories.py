@@ -262,3 +262,19 @@ def test_stories_command_lists_items_outlets_and_languages(
     assert len(story["items"]) == 2 and story["topics"] == ["ai_entertainment",
                                                              "deals_partnerships"]  # fmt: skip
     assert {"id", "title", "first_seen"} <= set(story)
+
+
+def test_workers_growing_one_story_each_see_the_others_reports(database_url: str) -> None:
+    # Two workers (two repositories) keep the stories they read in memory; a report the
+    # other stored must not be lost when one adds the next.
+    first, second = (Repository(make_engine(database_url)) for _ in range(2))
+    first.create_schema()
+    for r in (first, second):
+        r.configure_stories(StoryRules(), "ai_entertainment")
+    store(first, item(LIONSGATE_EN))
+    store(second, item(LIONSGATE_IT, "thr-roma", lang="it"), NOW + timedelta(hours=1))
+    store(first, item(LIONSGATE_ES, "elpais-cultura", lang="es"), NOW + timedelta(hours=2))
+    (story,) = first.list_stories(NOW - timedelta(days=1))
+    assert len(story.items) == 3
+    assert sorted(story.outlets) == ["elpais-cultura", "thr", "thr-roma"]
+    assert sorted(story.languages) == ["en", "es", "it"]

@@ -726,6 +726,9 @@ def clean_env() -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(drop) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
     }
+    # A deployed service runs from cached bytecode (pip install writes it): without
+    # the cache every process would compile its modules afresh, timing the compiler.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 

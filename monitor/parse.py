@@ -28,6 +28,7 @@ from monitor.normalize import (
     language_code,
     plausible_published,
 )
+from monitor.stories import Signature, signature
 from monitor.types import Item, Match, ParsedFeed
 
 MAX_ITEMS = 5_000  # entries kept from one document, in document order (newest first in practice)
@@ -62,6 +63,7 @@ class ParseJob:
     language: str | None  # configured; beats what the feed declares
     now: datetime
     rules: RuleSet = _NO_RULES
+    gate: str | None = None  # the topic every relevant item has (for story signatures)
 
 
 def _prolog_end(text: bytes) -> int:
@@ -96,11 +98,15 @@ def parse_and_classify(job: ParseJob) -> ParsedFeed:
         return parsed
     rules = rules_for(job.rules)
     matches: dict[str, tuple[Match, ...]] = {}
+    signatures: dict[str, Signature] = {}
     for item in parsed.items:
         found = classify(rules, item)
         if found:
             matches[item.identity] = found
-    return ParsedFeed(parsed.title, parsed.language, parsed.items, matches, parsed.warning)
+            signatures[item.identity] = signature(item, found, job.gate)
+    return ParsedFeed(
+        parsed.title, parsed.language, parsed.items, matches, parsed.warning, signatures
+    )
 
 
 def repair_utf8(body: bytes, content_type: str) -> bytes:
@@ -193,7 +199,9 @@ def _published(entry: Any) -> datetime | None:
 def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | None:
     guid = clean_identifier(entry.get("id"), 2000) or None
     link = (entry.get("link") or "").strip()
-    url = canonical_url(urljoin(base, link)) if link else None
+    if link and not link.startswith(("http://", "https://")):
+        link = urljoin(base, link)  # relative to the document (costly: most links are not)
+    url = canonical_url(link) if link else None
     title = clean_text(entry.get("title"), TITLE_MAX)
     summary_html = entry.get("summary") or ""
     if not summary_html and entry.get("content"):

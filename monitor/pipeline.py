@@ -134,8 +134,8 @@ class Poller:
         self._pool: ProcessPoolExecutor | None = None  # started on the first changed feed
         # One thread owns the database: SQLite writes never contend, the loop never blocks.
         self._db: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelwatch-db")
-        self._rules = config.rules()
-        repo.configure_stories(config.stories.rules(), config.gate())
+        self._rules, self._gate = config.rules(), config.gate()
+        repo.configure_stories(config.stories.rules(), self._gate)
         self._writes: list[tuple[PollWrite, asyncio.Future[StoreResult | Exception]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._slots: asyncio.Semaphore | None = None  # feeds between fetch and store
@@ -146,9 +146,9 @@ class Poller:
         """Take an edited feeds.yaml. A parse job takes the rules, and a poll's write the
         router, when it starts: the next ones use the new, none sees a half-swapped mix."""
         self.config = config
-        self._rules = config.rules()
+        self._rules, self._gate = config.rules(), config.gate()
         self.router = router
-        self.repo.configure_stories(config.stories.rules(), config.gate())
+        self.repo.configure_stories(config.stories.rules(), self._gate)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
@@ -209,7 +209,7 @@ class Poller:
             else:
                 job = ParseJob(
                     feed.name, fetched.url, fetched.body, fetched.headers, feed.language, now,
-                    self._rules,
+                    self._rules, self._gate,
                 )  # fmt: skip
                 started = time.monotonic()
                 parsed = await self._parse(job)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ class ParsedFeed:
     items: tuple[Item, ...]
     matches: dict[str, tuple[Match, ...]] = field(default_factory=dict)  # by item identity
     warning: str | None = None  # the document was repaired (not well-formed XML)
+    # monitor.stories.Signature of each matching item, by identity: worked out by the
+    # parse workers, beside the matches, so storage only compares them
+    signatures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

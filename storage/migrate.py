@@ -9,19 +9,22 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate.api import AutogenContext
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 from storage.models import UTCDateTime
+
+if TYPE_CHECKING:
+    from alembic.autogenerate.api import AutogenContext
+    from alembic.config import Config
+
+# Alembic is imported only when a database is not at HEAD already: every command checks
+# the schema, and importing Alembic costs more than the rest of a warm poll's start-up.
+HEAD = "leases"  # the newest revision in migrations/versions (a test keeps them in step)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "baseline"
@@ -53,6 +56,8 @@ class SchemaUpgrade:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration without a file; env.py runs on `connection` when given."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -61,6 +66,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 @functools.cache
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, f"no revisions in {MIGRATIONS}"
     return head
@@ -120,6 +127,8 @@ def check_foreign_keys(conn: Connection) -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -133,6 +142,11 @@ def upgrade_schema(engine: Engine) -> SchemaUpgrade:
     of features newer than the release that made it) and records itself, which is a stamp
     at baseline; the later revisions then run on it.
     """
+    if _at_head(engine):
+        return SchemaUpgrade(HEAD, HEAD)
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     head = head_revision()
     with migration_connection(engine) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
@@ -152,7 +166,18 @@ def upgrade_schema(engine: Engine) -> SchemaUpgrade:
     return SchemaUpgrade(before, after or head, predates)
 
 
+def _at_head(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
+    except SQLAlchemyError:  # no such table yet
+        return False
+
+
 def _known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
     try:
         return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
     except CommandError:

@@ -6,6 +6,7 @@ the event loop never waits on the database.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 import socket
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, select, update
 from sqlmodel import Session
 
 from monitor import stories as story_rules
@@ -283,14 +284,18 @@ class Repository:
     def _save_feed_state(
         self, conn: Connection, feed: str, url: str, u: FeedUpdate, title: str | None
     ) -> None:
-        table = FeedRow.__table__
         values = {f: getattr(u, f) for f in _FEED_UPDATE_FIELDS}
         values |= {"name": feed, "url": url, "title": title or u.title, "polls": 1,
                    "mean_poll_ms": float(u.elapsed_ms), "lease_until": None,
                    "leased_by": None}  # fmt: skip
-        stmt = self._insert()(table).values(values)
+        conn.execute(self._feed_upsert(), values)
+
+    @functools.cache  # noqa: B019 - one statement per repository, compiled once and cached
+    def _feed_upsert(self) -> Any:
+        table = FeedRow.__table__
+        stmt = self._insert()(table)
         mean = table.c.mean_poll_ms
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=["name"],
             set_={
                 f: stmt.excluded[f]
@@ -306,7 +311,6 @@ class Repository:
                 ),
             },
         )
-        conn.execute(stmt)
 
     def _store_items(
         self, conn: Connection, feed: str, parsed: ParsedFeed, router: Any, now: datetime
@@ -364,7 +368,7 @@ class Repository:
         copies = self._assign_stories(conn, [
             (item_id, by_identity[identity], parsed.matches[identity])
             for identity, item_id in new_ids.items() if parsed.matches.get(identity)
-        ], now)  # fmt: skip
+        ], now, parsed.signatures)  # fmt: skip
         delivery_rows = []
         for identity, item_id in new_ids.items():
             matches = parsed.matches.get(identity, ())
@@ -391,7 +395,7 @@ class Repository:
 
     def _assign_stories(
         self, conn: Connection, entries: Sequence[tuple[int, Item, Sequence[Match]]],
-        now: datetime,
+        now: datetime, signatures: dict[str, story_rules.Signature],
     ) -> set[int]:  # fmt: skip
         """Put new relevant items in their stories (an open one they report, or a new one),
         with a few statements per poll, not per item. Returns the items that are exact
@@ -402,7 +406,7 @@ class Repository:
         kt, st = StoryKeyRow.__table__, StoryRow.__table__
         prepared = []
         for item_id, item, matches in entries:
-            sig = story_rules.signature(item, matches, self.gate)
+            sig = signatures.get(item.identity) or story_rules.signature(item, matches, self.gate)
             prepared.append((item_id, item, matches, sig, story_rules.keys(sig)))
         # every open story that shares a key with any of the items, in one query
         by_key: dict[str, set[int]] = {}
@@ -414,6 +418,7 @@ class Repository:
                 )
             ):
                 by_key.setdefault(key, set()).add(story_id)
+
         # the open stories sharing the most keys with an item: a name every story has (a
         # big studio) must not make each new item read hundreds of stories
         def ranked(keys: set[str]) -> list[int]:
@@ -444,12 +449,11 @@ class Repository:
             topics = sorted(m.topic for m in matches)
             if found is None:
                 sid = conn.execute(
-                    self._insert()(st)
-                    .values(lead_item_id=item_id, title=item.title[:500], first_seen=now,
-                            last_seen=now, items=1, outlets=[item.feed],
-                            languages=[item.language] if item.language else [], topics=topics,
-                            signatures=[sig.to_json()])
-                    .returning(st.c.id)
+                    insert(st).returning(st.c.id),
+                    dict(lead_item_id=item_id, title=item.title[:500], first_seen=now,
+                         last_seen=now, items=1, outlets=[item.feed],
+                         languages=[item.language] if item.language else [], topics=topics,
+                         signatures=[sig.to_json()]),
                 ).scalar_one()  # fmt: skip
                 stories[sid] = self._stories[sid] = {
                     "items": 1, "outlets": [item.feed],

@@ -192,3 +192,15 @@ def test_shipped_feeds_yaml_is_valid_and_covers_the_outlets_users_expect() -> No
     assert names & {"gamesindustry", "polygon"}
     assert {f.language for f in config.feeds} >= {"en", "it", "es", "fr", "de"}
     assert config.topics
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        (Path(__file__).parent.parent / "feeds.yaml").read_text(encoding="utf-8"),
+        # YAML 1.2 reading: yes, on and NO stay words, 1:30 is no number
+        "feeds:\n  - name: yes\n    url: https://a.example/rss\n    tags: [on, NO, 1:30]\n",
+    ],
+)
+def test_a_valid_file_reads_the_same_by_the_fast_and_the_careful_loader(text: str) -> None:
+    assert parse_config(text) == parse_config(text, fast=False)

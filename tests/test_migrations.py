@@ -3,6 +3,8 @@ to storage/models.py without a migration fails here."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,7 @@ from storage import Repository, make_engine
 from storage.migrate import (
     BASELINE,
     BASELINE_TABLES,
+    HEAD,
     SchemaError,
     alembic_config,
     context_options,
@@ -198,3 +201,18 @@ def test_autogenerate_writes_our_column_types_as_runnable_code(
         UpgradeOps([CreateTableOp.from_table(table)]), render_item=render_item
     )
     assert rendered in code and "sqlmodel" not in code and "storage.models" not in code
+
+
+def test_head_names_the_newest_revision_and_a_database_there_needs_no_alembic(
+    tmp_path: Path,
+) -> None:
+    assert head_revision() == HEAD
+    url = f"sqlite:///{tmp_path}/rw.db"
+    Repository(make_engine(url)).create_schema()
+    # a second start on the upgraded database: Alembic is never imported
+    code = (
+        "import sys; from storage import Repository, make_engine; "
+        f"done = Repository(make_engine({url!r})).create_schema(); "
+        "assert not done.changed and 'alembic' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import os
 import socket
 from collections import Counter
@@ -42,7 +43,7 @@ _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
 _STORY_KEY_SPREAD = 1_000  # a key shared by more open stories than this is not a candidate key
-_STORY_CACHE = 20_000  # stories kept parsed in memory between polls
+_STORY_CACHE = 2_000  # stories kept parsed in memory between polls (a few MB)
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
@@ -516,13 +517,14 @@ class Repository:
         for chunk in _chunks(sorted(ids)):
             query = select(st.c.id, st.c["items"], st.c.last_seen).where(st.c.id.in_(chunk))
             for sid, items, last_seen in conn.execute(query):
-                cached = self._stories.get(sid)
+                cached = self._stories.pop(sid, None)
                 if cached and (cached["items"], cached["last_seen"]) == (items, last_seen):
-                    out[sid] = cached
+                    out[sid] = self._stories[sid] = cached  # the most recently used last
                 else:
                     stale.append(sid)
-        if len(self._stories) + len(stale) > _STORY_CACHE:
-            self._stories.clear()
+        over = max(0, len(self._stories) + len(stale) - _STORY_CACHE)
+        for sid in list(itertools.islice(self._stories, over)):
+            del self._stories[sid]  # the least recently used
         for chunk in _chunks(stale):
             for row in conn.execute(select(st).where(st.c.id.in_(chunk))):
                 out[row.id] = self._stories[row.id] = {
@@ -537,18 +539,18 @@ class Repository:
     def story_of(self, item_ids: Sequence[int]) -> dict[int, StoryInfo]:
         """For items in a story: the story, whether the item leads it, and its coverage."""
         out: dict[int, StoryInfo] = {}
-        with Session(self.engine) as s:
+        st = StoryRow.__table__
+        with self.engine.connect() as conn:
             for chunk in _chunks(list(item_ids)):
+                # not the signatures: they are large, and only storing compares them
                 q = (
-                    select(StoryItemRow.item_id, StoryRow)
-                    .join(StoryRow, StoryRow.id == StoryItemRow.story_id)
+                    select(StoryItemRow.item_id, st.c.id, st.c.lead_item_id, st.c.outlets,
+                           st.c["items"])
+                    .join(st, st.c.id == StoryItemRow.story_id)
                     .where(StoryItemRow.item_id.in_(chunk))
-                )
-                for item_id, story in s.execute(q):
-                    out[item_id] = StoryInfo(
-                        story.id, story.lead_item_id, story.lead_item_id == item_id,
-                        tuple(story.outlets), story.items,
-                    )  # fmt: skip
+                )  # fmt: skip
+                for item_id, sid, lead, outlets, count in conn.execute(q):
+                    out[item_id] = StoryInfo(sid, lead, lead == item_id, tuple(outlets), count)
         return out
 
     def story_message(self, story_id: int, channel: str) -> tuple[str, str] | None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import calendar
 import hashlib
 import io
+import os
 import re
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +68,8 @@ class ParseJob:
     now: datetime
     rules: RuleSet = _NO_RULES
     gate: str | None = None  # the topic every relevant item has (for story signatures)
+    # identities of items stored already: their entries are left out, unread
+    known: frozenset[str] = frozenset()
 
 
 def _prolog_end(text: bytes) -> int:
@@ -86,6 +92,27 @@ def refuse_dangerous_markup(body: bytes) -> None:
             "refused: the document declares XML entities (<!DOCTYPE [...]> / <!ENTITY>), "
             "which feeds never need and which can expand to gigabytes"
         )
+
+
+def init_parse_worker(owner: int) -> None:
+    """Set up a parse worker process (here, not in pipeline.py: the forkserver preloads
+    this module, and a worker that unpickled a pipeline function would import storage)."""
+    # Ctrl-C reaches the whole process group; the service shuts the pool down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker's parent is the forkserver, not the service: if the service is killed
+    # (SIGKILL, OOM), the worker would wait on its queue forever. It leaves instead.
+    threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
+
+
+def _exit_with(owner: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # the pid was reused by another user's process
+            os._exit(0)
 
 
 def parse_and_classify(job: ParseJob) -> ParsedFeed:
@@ -198,6 +225,8 @@ def _published(entry: Any) -> datetime | None:
 
 def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | None:
     guid = clean_identifier(entry.get("id"), 2000) or None
+    if guid and guid in job.known:
+        return None  # stored already: cleaning, classifying it again would change nothing
     link = (entry.get("link") or "").strip()
     if link and not link.startswith(("http://", "https://")):
         link = urljoin(base, link)  # relative to the document (costly: most links are not)

@@ -14,8 +14,6 @@ import enum
 import logging
 import multiprocessing
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -29,7 +27,7 @@ from monitor.config import Config, FeedConfig
 from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import Fetcher
-from monitor.parse import ParseJob, parse_and_classify
+from monitor.parse import ParseJob, init_parse_worker, parse_and_classify
 from monitor.types import FeedState, ParsedFeed, PollOutcome
 from storage.repo import PollWrite, Repository, StoreResult
 
@@ -48,32 +46,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _init_parse_worker(owner: int) -> None:
-    # Ctrl-C reaches the whole process group; the service shuts the pool down itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker's parent is the forkserver, not the service: if the service is killed
-    # (SIGKILL, OOM), the worker would wait on its queue forever. It leaves instead.
-    threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
-
-
-def _exit_with(owner: int) -> None:
-    while True:
-        time.sleep(1.0)
-        try:
-            os.kill(owner, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # the pid was reused by another user's process
-            os._exit(0)
-
-
 def make_parse_pool(workers: int | None = None) -> ProcessPoolExecutor:
     # forkserver: workers never inherit the event loop's threads or sockets.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["monitor.parse", "feedparser"])
     return ProcessPoolExecutor(
         max_workers=workers or os.cpu_count() or 2, mp_context=ctx,
-        initializer=_init_parse_worker, initargs=(os.getpid(),),
+        initializer=init_parse_worker, initargs=(os.getpid(),),
     )  # fmt: skip
 
 
@@ -207,9 +186,15 @@ class Poller:
                     "unchanged", 0, 304, etag=fetched.etag, last_modified=fetched.last_modified
                 )
             else:
+                # a feed polled before repeats most of its items: the workers skip those
+                known = (
+                    await self.db(self.repo.recent_identities, feed.name)
+                    if state is not None and state.last_success is not None
+                    else frozenset()
+                )
                 job = ParseJob(
                     feed.name, fetched.url, fetched.body, fetched.headers, feed.language, now,
-                    self._rules, self._gate,
+                    self._rules, self._gate, known,
                 )  # fmt: skip
                 started = time.monotonic()
                 parsed = await self._parse(job)

@@ -272,7 +272,7 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return shared / (len(a) + len(b) - shared)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _forms(names: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
     """The words of names, and each name padded to compare word for word (cached: a
     story's members are compared with every new item)."""

@@ -43,7 +43,7 @@ _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
 _STORY_KEY_SPREAD = 1_000  # a key shared by more open stories than this is not a candidate key
-_STORY_CACHE = 2_000  # stories kept parsed in memory between polls (a few MB)
+_STORY_CACHE = 500  # stories kept parsed in memory between polls (~10 MB)
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
@@ -216,6 +216,19 @@ class Repository:
         with Session(self.engine) as s:
             row = s.get(FeedRow, name)
             return _to_state(row) if row else None
+
+    def recent_identities(self, feed: str, limit: int = 1_000) -> frozenset[str]:
+        """The identities of the feed's newest stored items: the parse workers skip these
+        entries, whose items are stored already (a changed feed repeats most of them)."""
+        table = ItemRow.__table__
+        with self.engine.connect() as conn:
+            query = (
+                select(table.c.identity)
+                .where(table.c.feed == feed)
+                .order_by(table.c.id.desc())
+                .limit(limit)
+            )
+            return frozenset(conn.execute(query).scalars())
 
     # -- feed health notices ----------------------------------------------------------------
 
@@ -459,8 +472,7 @@ class Repository:
                 stories[sid] = self._stories[sid] = {
                     "items": 1, "outlets": [item.feed],
                     "languages": [item.language] if item.language else [], "topics": topics,
-                    "signatures": [sig.to_json()], "first_seen": now, "last_seen": now,
-                    "parsed": [sig], "dirty": False,
+                    "first_seen": now, "last_seen": now, "parsed": [sig], "dirty": False,
                 }  # fmt: skip
                 reason, exact, new_keys = "first report", False, keys
             else:
@@ -474,8 +486,7 @@ class Repository:
                     story["languages"].append(item.language)
                 story["topics"] = sorted(set(story["topics"]) | set(topics))
                 new_keys = set()
-                if not exact and len(story["signatures"]) < _STORY_SIGNATURES:
-                    story["signatures"].append(sig.to_json())
+                if not exact and len(story["parsed"]) < _STORY_SIGNATURES:
                     story["parsed"].append(sig)
                     new_keys = keys
             for k in new_keys:
@@ -489,7 +500,7 @@ class Repository:
         changed = [
             {"sid": sid, "items": v["items"], "last_seen": now, "outlets": v["outlets"],
              "languages": v["languages"], "topics": v["topics"],
-             "signatures": v["signatures"]}
+             "signatures": [sig.to_json() for sig in v["parsed"]]}
             for sid, v in stories.items() if v["dirty"]
         ]  # fmt: skip
         for v in stories.values():
@@ -530,7 +541,7 @@ class Repository:
                 out[row.id] = self._stories[row.id] = {
                     "items": row.items, "outlets": list(row.outlets),
                     "languages": list(row.languages), "topics": list(row.topics),
-                    "signatures": list(row.signatures), "first_seen": row.first_seen,
+                    "first_seen": row.first_seen,
                     "last_seen": row.last_seen, "dirty": False,
                     "parsed": [story_rules.Signature.from_json(d) for d in row.signatures],
                 }  # fmt: skip

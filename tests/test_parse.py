@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -148,3 +150,32 @@ def test_classification_runs_with_the_parse() -> None:
     sora = next(i for i in parsed.items if "Sora" in i.title)
     (match,) = parsed.matches[sora.identity]
     assert match.topic == "ai" and "Sora" in match.terms and match.score >= 2
+
+
+def test_entries_stored_already_are_left_out_and_the_rest_classified() -> None:
+    body = fixture("thr_rescraped_rss2.xml")
+    everything = parse(body, topics={"ai": ["AI", "Hollywood"]})
+    known = frozenset(i.identity for i in everything.items[1:])
+    job = ParseJob("f", "https://example.org/feed", body, {}, None, NOW,
+                   keyword_rules({"ai": ["AI", "Hollywood"]}), None, known)  # fmt: skip
+    fresh = parse_and_classify(job)
+    assert fresh.items == everything.items[:1]
+    assert set(fresh.matches) <= {everything.items[0].identity}
+
+
+def test_a_parse_worker_loads_no_storage_network_or_config_code() -> None:
+    # workers start from the forkserver's preloaded monitor.parse: whatever it imports,
+    # every worker pays for in start-up time and memory
+    code = (
+        "import sys, monitor.parse, monitor.pipeline as p; "
+        "assert p.make_parse_pool.__module__ == 'monitor.pipeline'; "
+        "assert p.init_parse_worker.__module__ == 'monitor.parse'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = (
+        "import sys, monitor.parse; "
+        "heavy = {m.split('.')[0] for m in sys.modules} & "
+        "{'sqlalchemy', 'sqlmodel', 'httpx', 'pydantic', 'storage', 'alerts'}; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,11 +58,22 @@ class Signature:
                 "title_entities": sorted(self.title_entities), "lead": self.lead,
                 "numbers": sorted(self.numbers), "weak": sorted(self.weak)}  # fmt: skip
 
+    def interned(self) -> Signature:
+        """The same signature, its words shared with every other kept in memory: a
+        story's reports repeat most of each other's words."""
+        return Signature(
+            self.url, self.title_key, _interned(self.words), _interned(self.entities),
+            self.topics, _interned(self.title_entities), self.lead, self.numbers,
+            _interned(self.weak),
+        )  # fmt: skip
+
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Signature:
         def words(key: str) -> frozenset[str]:
             value = data.get(key) or []
-            return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+            if not isinstance(value, list):
+                return frozenset()
+            return frozenset(sys.intern(str(v)) for v in value)
 
         url = data.get("url")
         return cls(
@@ -75,6 +87,10 @@ class Signature:
             words("numbers"),
             words("weak"),
         )
+
+
+def _interned(words: frozenset[str]) -> frozenset[str]:
+    return frozenset(map(sys.intern, words))
 
 
 # Outlet suffixes syndication adds to titles: "… | Variety", "… - Deadline".

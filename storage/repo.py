@@ -421,6 +421,7 @@ class Repository:
         prepared = []
         for item_id, item, matches in entries:
             sig = signatures.get(item.identity) or story_rules.signature(item, matches, self.gate)
+            sig = sig.interned()  # it may stay in the story cache
             prepared.append((item_id, item, matches, sig, story_rules.keys(sig)))
         # every open story that shares a key with any of the items, in one query
         by_key: dict[str, set[int]] = {}

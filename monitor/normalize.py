@@ -18,14 +18,14 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Bidi overrides and isolates can make a title display as something else
 # ("moc.elgoog" trick); zero-width characters hide text from keyword matching.
-_INVISIBLE = dict.fromkeys(
-    [
-        *(0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF, 0x061C),
+_INVISIBLE = "".join(
+    map(chr, (
+        0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF, 0x061C,
         *range(0x202A, 0x202F),  # LRE, RLE, PDF, LRO, RLO
         *range(0x2066, 0x206A),  # LRI, RLI, FSI, PDI
-    ],
-    None,
-)
+    ))
+)  # fmt: skip
+_INVISIBLE_CHARS = re.compile(f"[{_INVISIBLE}]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # In a URL: tab and newlines are dropped (as browsers do); other controls and the
 # invisible characters above are percent-encoded, so a link can neither hide a NUL
@@ -34,7 +34,6 @@ _URL_DROPPED = re.compile(r"[\t\n\r]")
 _URL_ESCAPED = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff\u061c]"
 )
-_INVISIBLE_CHARS = re.compile("[" + "".join(map(chr, _INVISIBLE)) + "]")
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]{1,31});")
 
 TITLE_MAX = 500
@@ -142,7 +141,7 @@ def clean_identifier(value: str | None, limit: int) -> str:
     """An identifier (a guid) as given, less control and invisible characters."""
     if not value:
         return ""
-    return _CONTROL.sub("", value.translate(_INVISIBLE)).strip()[:limit]
+    return _CONTROL.sub("", _INVISIBLE_CHARS.sub("", value)).strip()[:limit]
 
 
 def plausible_published(candidate: datetime | None, now: datetime) -> datetime:

@@ -22,7 +22,7 @@ import hashlib
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import lru_cache
 
@@ -61,10 +61,9 @@ class Signature:
     def interned(self) -> Signature:
         """The same signature, its words shared with every other kept in memory: a
         story's reports repeat most of each other's words."""
-        return Signature(
-            self.url, self.title_key, _interned(self.words), _interned(self.entities),
-            self.topics, _interned(self.title_entities), self.lead, self.numbers,
-            _interned(self.weak),
+        return replace(
+            self, words=_interned(self.words), entities=_interned(self.entities),
+            title_entities=_interned(self.title_entities), weak=_interned(self.weak),
         )  # fmt: skip
 
     @classmethod

@@ -188,7 +188,7 @@ class Repository:
         self.gate: str | None = None  # the topic every relevant item has: not a story topic
         # open stories as last read or written, with their signatures parsed: reused while
         # the row's (items, last_seen) still match, so another worker's change is seen
-        self._stories: dict[int, dict[str, Any]] = {}
+        self._stories: dict[int, _OpenStory] = {}
 
     def configure_stories(self, rules: story_rules.StoryRules, gate: str | None) -> None:
         self.story_rules, self.gate = rules, gate
@@ -422,10 +422,11 @@ class Repository:
         for item_id, item, matches in entries:
             sig = signatures.get(item.identity) or story_rules.signature(item, matches, self.gate)
             sig = sig.interned()  # it may stay in the story cache
-            prepared.append((item_id, item, matches, sig, story_rules.keys(sig)))
+            keys = {k[:500] for k in story_rules.keys(sig)}  # the column's length
+            prepared.append((item_id, item, matches, sig, keys))
         # every open story that shares a key with any of the items, in one query
         by_key: dict[str, set[int]] = {}
-        all_keys = sorted({k[:500] for *_, keys in prepared for k in keys})
+        all_keys = sorted({k for *_, keys in prepared for k in keys})
         for chunk in _chunks(all_keys):
             for story_id, key in conn.execute(
                 select(kt.c.story_id, kt.c.key).where(
@@ -439,7 +440,7 @@ class Repository:
         def ranked(keys: set[str]) -> list[int]:
             shared: Counter[int] = Counter()
             for k in keys:
-                ids = by_key.get(k[:500], ())
+                ids = by_key.get(k, ())
                 if len(ids) <= _STORY_KEY_SPREAD:  # a key of most stories tells none apart
                     shared.update(ids)
             best = heapq.nlargest(_STORY_CANDIDATES, shared.items(), key=lambda kv: kv[::-1])
@@ -458,79 +459,66 @@ class Repository:
             candidates = [
                 (sid, parsed)
                 for sid in candidate_ids if sid in stories
-                for parsed in stories[sid]["parsed"]
+                for parsed in stories[sid].parsed
             ]  # fmt: skip
             found = story_rules.best_story(sig, candidates, rules)
             topics = sorted(m.topic for m in matches)
             if found is None:
+                story = _OpenStory(
+                    1, [item.feed], [item.language] if item.language else [], topics, now, now,
+                    [sig],
+                )  # fmt: skip
                 sid = conn.execute(
                     insert(st).returning(st.c.id),
-                    dict(lead_item_id=item_id, title=item.title[:500], first_seen=now,
-                         last_seen=now, items=1, outlets=[item.feed],
-                         languages=[item.language] if item.language else [], topics=topics,
-                         signatures=[sig.to_json()]),
-                ).scalar_one()  # fmt: skip
-                stories[sid] = self._stories[sid] = {
-                    "items": 1, "outlets": [item.feed],
-                    "languages": [item.language] if item.language else [], "topics": topics,
-                    "first_seen": now, "last_seen": now, "parsed": [sig], "dirty": False,
-                }  # fmt: skip
+                    {"lead_item_id": item_id, "title": item.title[:500], **story.row()},
+                ).scalar_one()
+                stories[sid] = self._stories[sid] = story
                 reason, exact, new_keys = "first report", False, keys
             else:
                 sid, reason, exact = found
                 story = stories[sid]
-                story["items"] += 1
-                story["dirty"] = True
-                if item.feed not in story["outlets"]:
-                    story["outlets"].append(item.feed)
-                if item.language and item.language not in story["languages"]:
-                    story["languages"].append(item.language)
-                story["topics"] = sorted(set(story["topics"]) | set(topics))
+                story.items += 1
+                story.dirty = True
+                if item.feed not in story.outlets:
+                    story.outlets.append(item.feed)
+                if item.language and item.language not in story.languages:
+                    story.languages.append(item.language)
+                story.topics = sorted(set(story.topics) | set(topics))
                 new_keys = set()
-                if not exact and len(story["parsed"]) < _STORY_SIGNATURES:
-                    story["parsed"].append(sig)
+                if not exact and len(story.parsed) < _STORY_SIGNATURES:
+                    story.parsed.append(sig)
                     new_keys = keys
             for k in new_keys:
-                by_key.setdefault(k[:500], set()).add(sid)
-                key_rows.append({"key": k[:500], "story_id": sid,
-                                 "first_seen": stories[sid]["first_seen"]})  # fmt: skip
+                by_key.setdefault(k, set()).add(sid)
+                key_rows.append({"key": k, "story_id": sid,
+                                 "first_seen": stories[sid].first_seen})  # fmt: skip
             member_rows.append({"item_id": item_id, "story_id": sid, "reason": reason,
                                 "exact": exact})  # fmt: skip
             if exact:
                 copies.add(item_id)
-        changed = [
-            {"sid": sid, "items": v["items"], "last_seen": now, "outlets": v["outlets"],
-             "languages": v["languages"], "topics": v["topics"],
-             "signatures": [sig.to_json() for sig in v["parsed"]]}
-            for sid, v in stories.items() if v["dirty"]
-        ]  # fmt: skip
-        for v in stories.values():
-            if v["dirty"]:
-                v["last_seen"], v["dirty"] = now, False
+        changed = []
+        for sid, story in stories.items():
+            if story.dirty:
+                story.last_seen, story.dirty = now, False
+                changed.append({"sid": sid, **story.row()})
         if changed:
-            conn.execute(
-                update(st).where(st.c.id == bindparam("sid")).values(
-                    items=bindparam("items"), last_seen=bindparam("last_seen"),
-                    outlets=bindparam("outlets"), languages=bindparam("languages"),
-                    topics=bindparam("topics"), signatures=bindparam("signatures"),
-                ),
-                changed,
-            )  # fmt: skip
+            grown = {c: bindparam(c) for c in changed[0] if c not in ("sid", "first_seen")}
+            conn.execute(update(st).where(st.c.id == bindparam("sid")).values(grown), changed)
         if key_rows:
             conn.execute(self._insert()(kt).on_conflict_do_nothing(), key_rows)
         conn.execute(self._insert()(StoryItemRow.__table__).on_conflict_do_nothing(), member_rows)
         return copies
 
-    def _load_stories(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
+    def _load_stories(self, conn: Connection, ids: set[int]) -> dict[int, _OpenStory]:
         """The stories `ids`, from the cache where the row has not changed since."""
         st = StoryRow.__table__
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, _OpenStory] = {}
         stale = []
         for chunk in _chunks(sorted(ids)):
             query = select(st.c.id, st.c["items"], st.c.last_seen).where(st.c.id.in_(chunk))
             for sid, items, last_seen in conn.execute(query):
                 cached = self._stories.pop(sid, None)
-                if cached and (cached["items"], cached["last_seen"]) == (items, last_seen):
+                if cached and (cached.items, cached.last_seen) == (items, last_seen):
                     out[sid] = self._stories[sid] = cached  # the most recently used last
                 else:
                     stale.append(sid)
@@ -539,13 +527,11 @@ class Repository:
             del self._stories[sid]  # the least recently used
         for chunk in _chunks(stale):
             for row in conn.execute(select(st).where(st.c.id.in_(chunk))):
-                out[row.id] = self._stories[row.id] = {
-                    "items": row.items, "outlets": list(row.outlets),
-                    "languages": list(row.languages), "topics": list(row.topics),
-                    "first_seen": row.first_seen,
-                    "last_seen": row.last_seen, "dirty": False,
-                    "parsed": [story_rules.Signature.from_json(d) for d in row.signatures],
-                }  # fmt: skip
+                out[row.id] = self._stories[row.id] = _OpenStory(
+                    row.items, list(row.outlets), list(row.languages), list(row.topics),
+                    row.first_seen, row.last_seen,
+                    [story_rules.Signature.from_json(d) for d in row.signatures],
+                )  # fmt: skip
         return out
 
     def story_of(self, item_ids: Sequence[int]) -> dict[int, StoryInfo]:
@@ -979,6 +965,28 @@ class Repository:
         with Session(self.engine) as s:
             row = s.get(HeartbeatRow, name)
             return row.at if row else None
+
+
+@dataclass(slots=True)
+class _OpenStory:
+    """An open story as storage compares and grows it in memory (its row, parsed)."""
+
+    items: int
+    outlets: list[str]
+    languages: list[str]
+    topics: list[str]
+    first_seen: datetime
+    last_seen: datetime
+    parsed: list[story_rules.Signature]  # the members' signatures new items are compared with
+    dirty: bool = False  # grown in memory, not written yet
+
+    def row(self) -> dict[str, Any]:
+        """Its columns in the stories table."""
+        return {
+            "items": self.items, "outlets": self.outlets, "languages": self.languages,
+            "topics": self.topics, "first_seen": self.first_seen, "last_seen": self.last_seen,
+            "signatures": [sig.to_json() for sig in self.parsed],
+        }  # fmt: skip
 
 
 def _claim(conn: Connection, key: Any, due: Any, until: datetime, worker: str) -> list[Any]:

@@ -99,9 +99,34 @@ def test_absurd_dates_become_first_seen() -> None:
     assert {i.published for i in parse(body).items} == {NOW}
 
 
-def test_relative_links_resolve_against_the_feed_url() -> None:
-    (item,) = parse(rss("<item><link>/news/1</link><title>A</title></item>")).items
-    assert item.url == "https://example.org/news/1"
+def atom(base: str, link: str) -> bytes:
+    return (
+        f'<feed xmlns="http://www.w3.org/2005/Atom" {base}><title>t</title>'
+        f'<entry><id>urn:1</id><title>A</title><link href="{link}"/></entry></feed>'
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "body, headers, url",
+    [
+        (rss("<item><link>/news/1</link><title>A</title></item>"), {},
+         "https://example.org/news/1"),
+        # a redirected feed: its links are relative to where it was found
+        (rss("<item><link>news/1</link><title>A</title></item>"),
+         {"content-location": "https://cdn.example.net/feeds/rss.xml"},
+         "https://cdn.example.net/feeds/news/1"),
+        (rss("<item><link>https://other.example/a?b=1</link><title>A</title></item>"),
+         {"content-location": "https://cdn.example.net/rss.xml"}, "https://other.example/a?b=1"),
+        (atom('xml:base="https://blog.example.com/posts/"', "one"), {},
+         "https://blog.example.com/posts/one"),
+        (atom('xml:base="/blog/"', "one"), {}, "https://example.org/blog/one"),
+        (atom("", "../one"), {"content-location": "https://example.org/a/b/feed"},
+         "https://example.org/a/one"),
+    ],
+)  # fmt: skip
+def test_relative_links_resolve_against_the_feed_url(body, headers, url) -> None:
+    (item,) = parse(body, headers=headers).items
+    assert item.url == url
 
 
 @pytest.mark.parametrize(

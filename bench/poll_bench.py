@@ -539,6 +539,9 @@ class TreeSampler(threading.Thread):
 
 def run_cli(workdir: Path, config: Path, label: str) -> CliRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELWATCH_")}
+    # A deployed service runs from cached bytecode (pip install writes it): without
+    # the cache every run would compile the project's modules afresh, timing the compiler.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["REELWATCH_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
     env["REELWATCH_ALLOW_PRIVATE_NETWORKS"] = "1"  # the feeds are served on loopback
     stdout_path = workdir / f"{label}.stdout"

@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import ssl
 import time
 import zlib
 from collections import defaultdict
@@ -300,8 +301,17 @@ class _PerHostTransport(httpx.AsyncBaseTransport):
     def __init__(self, per_host: int, backend: httpcore.AsyncNetworkBackend):
         self._per_host = per_host
         self._backend = backend
-        self._ssl = httpx.create_ssl_context()  # one CA bundle load, not one per host
+        self._tls: ssl.SSLContext | None = None  # loaded on the first https host
+        # Plain http never uses one; were it used, it trusts no CA and fails closed.
+        self._no_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._pools: dict[tuple[bytes, bytes, int | None], httpx.AsyncHTTPTransport] = {}
+
+    def _ssl_context(self, scheme: bytes) -> ssl.SSLContext:
+        if scheme != b"https":
+            return self._no_tls
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()  # one CA bundle load, not one per host
+        return self._tls
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         key = (request.url.raw_scheme, request.url.raw_host, request.url.port)
@@ -312,11 +322,12 @@ class _PerHostTransport(httpx.AsyncBaseTransport):
                 max_keepalive_connections=self._per_host,
                 keepalive_expiry=30,
             )
-            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=self._ssl, limits=limits)
+            context = self._ssl_context(key[0])
+            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=context, limits=limits)
             # httpx takes no network backend: give its transport an httpcore pool that has
             # ours, with the same settings. test_ssrf fails if httpx renames _pool.
             pool._pool = httpcore.AsyncConnectionPool(
-                ssl_context=self._ssl,
+                ssl_context=context,
                 max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_keepalive_connections,
                 keepalive_expiry=limits.keepalive_expiry,

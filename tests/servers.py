@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -251,6 +252,23 @@ class FeedServerAt(FeedServer):
         self.requests = []
         self._server = _start_at(host, _FeedHandler, self)
         self.base = f"http://{host}:{self._server.server_address[1]}"
+
+
+class TlsFeedServer(FeedServer):
+    """A FeedServer speaking https, its certificate for 127.0.0.1 issued by `ca`
+    (a trustme CA), which nothing trusts unless told to."""
+
+    def __init__(self, ca: Any) -> None:
+        self.routes = {}
+        self.requests = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        server = _Server(("127.0.0.1", 0), _FeedHandler)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.owner = self  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        self._server = server
+        self.base = f"https://127.0.0.1:{server.server_address[1]}"
 
 
 Handler = Callable[[BaseHTTPRequestHandler], None]

@@ -7,14 +7,16 @@ import gzip
 import time
 import zlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import trustme
 
 from monitor.errors import FetchError
 from monitor.fetch import Fetcher, parse_retry_after
 from monitor.types import Fetched
 from tests.conftest import fixture
-from tests.servers import FeedServer
+from tests.servers import FeedServer, TlsFeedServer
 
 BODY = fixture("thr_rescraped_rss2.xml")
 
@@ -50,6 +52,32 @@ def test_compressed_bodies_are_decoded(
 ) -> None:
     url = feed_server.add("/f", encoded, headers={"Content-Encoding": encoding})
     assert fetch(url).body == BODY
+
+
+def test_https_feeds_are_verified(
+    feed_server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    server = TlsFeedServer(ca)
+    try:
+        url = server.add("/f", BODY)
+        fails(url, "certificate verify failed")  # a CA nobody trusts is refused
+        # an intranet CA is trusted through SSL_CERT_FILE, as by every httpx client
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        plain = feed_server.add("/plain", BODY)
+
+        async def both() -> list[Fetched]:  # http and https hosts through one fetcher
+            fetcher = Fetcher(user_agent="reelwatch-test")
+            try:
+                return [await fetcher.fetch(u) for u in (plain, url, plain)]
+            finally:
+                await fetcher.aclose()
+
+        assert [f.body for f in asyncio.run(both())] == [BODY] * 3
+    finally:
+        server.close()
 
 
 def test_conditional_get_returns_304_without_body(feed_server: FeedServer) -> None:

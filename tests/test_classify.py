@@ -144,6 +144,15 @@ DEFAULT_PACK = load_config(Path(__file__).parent.parent / "feeds.yaml").rules()
          "entscheiden.", "de", {"ai_entertainment", "litigation_copyright", "music"}),
         ("Un film français doublé en allemand par l'IA", "Les voix des acteurs ont été "
          "clonées.", "fr", {"ai_entertainment", "production_use", "likeness_deepfakes"}),
+        # copyright named in a policy story is no lawsuit; a copyright claim is one
+        ("Publishers urge Congress to protect copyright from AI training", "Book authors "
+         "want a licensing rule for generative models.", "en",
+         {"ai_entertainment", "law_regulation"}),
+        ("Authors file copyright claims against an AI audiobook startup", "", "en",
+         {"ai_entertainment", "litigation_copyright"}),
+        # a voice-controlled game is no voice clone
+        ("Ubisoft shows a voice-controlled AI squad for its shooter", "Players give "
+         "spoken orders to AI teammates.", "en", {"ai_entertainment", "games"}),
         # "strikes deal" is no strike
         ("Lionsgate strikes deal with Runway on AI video model", "", "en",
          {"ai_entertainment", "deals_partnerships", "tools_products"}),

@@ -732,6 +732,17 @@ def cmd_items(args: argparse.Namespace) -> int:
                 "matches": [_match_json(m) for m in s.matches],
             }
         )
+    if args.format == "table" and not rows:
+        scope = "".join(
+            f" {what} {value!r}" for what, value in (("in topic", args.topic), ("from", args.feed))
+            if value
+        )  # fmt: skip
+        print(
+            f"no items{scope} published in the last {_fmt_span(args.since)}"
+            " (widen with --since, e.g. --since 90d)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     if args.format == "table":
         for row in rows:
             row["published"] = row["published"][:16].replace("T", " ")
@@ -739,6 +750,14 @@ def cmd_items(args: argparse.Namespace) -> int:
     else:
         _print_rows(rows, "json", [])
     return EXIT_OK
+
+
+def _fmt_span(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _match_json(m: Any) -> dict[str, Any]:

@@ -165,6 +165,23 @@ def test_items_json_lists_what_matched_and_why(
     assert all(not r["topics"] for r in rows if not r["relevant"])
 
 
+def test_items_table_says_when_nothing_is_in_range(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, {"ars": feed_server.add("/ars.xml", fixture(ARS))})
+    assert main(["items", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no items published in the last 7d (widen with --since" in captured.err
+    assert main(["items", "--config", str(config), "--topic", "ai", "--since", "36h"]) == 0
+    assert "no items in topic 'ai' published in the last 36h" in capsys.readouterr().err
+    assert poll(config) == 0
+    capsys.readouterr()
+    assert main(["items", "--config", str(config), "--since", "3650d"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("ID") and captured.err == ""
+
+
 def test_alerts_go_to_the_console_without_slack(
     feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -153,6 +153,13 @@ DEFAULT_PACK = load_config(Path(__file__).parent.parent / "feeds.yaml").rules()
         # a voice-controlled game is no voice clone
         ("Ubisoft shows a voice-controlled AI squad for its shooter", "Players give "
          "spoken orders to AI teammates.", "en", {"ai_entertainment", "games"}),
+        # generative media without the word AI; a union named like a finance word
+        ("Doublage automatisé : une start-up lyonnaise lève 20 millions d'euros", "Elle "
+         "double des séries en conservant le timbre des comédiens.", "fr",
+         {"ai_entertainment", "funding_business"}),
+        ("xAI raises $10 billion in debt and equity for its chatbot", "", "en", set()),
+        ("Apple TV+ orders a thriller about a rogue superintelligence", "The series follows "
+         "an AI running the power grid.", "en", set()),
         # "strikes deal" is no strike
         ("Lionsgate strikes deal with Runway on AI video model", "", "en",
          {"ai_entertainment", "deals_partnerships", "tools_products"}),

@@ -26,7 +26,7 @@ from monitor.classify.text import guess_language  # noqa: E402
 from monitor.config import load_config  # noqa: E402
 from monitor.types import Item  # noqa: E402
 
-DATA = ROOT / "tests" / "data" / "labelled"  # one file per slice: en_a, en_b, it, es, fr, de
+DATA = ROOT / "tests" / "data" / "labelled"  # en_a, en_b, it, es, fr, de; dev2 (dev only)
 GATE = "ai_entertainment"
 
 

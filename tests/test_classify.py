@@ -160,6 +160,12 @@ DEFAULT_PACK = load_config(Path(__file__).parent.parent / "feeds.yaml").rules()
         ("xAI raises $10 billion in debt and equity for its chatbot", "", "en", set()),
         ("Apple TV+ orders a thriller about a rogue superintelligence", "The series follows "
          "an AI running the power grid.", "en", set()),
+        # a union's contract is labour news; a deal an AI company signs is a deal
+        ("Doppiaggio, firmato il nuovo accordo collettivo: tutele contro l'IA", "Il "
+         "sindacato dei doppiatori ottiene il consenso per le voci.", "it",
+         {"ai_entertainment", "labor_unions"}),
+        ("SAG-AFTRA signs a deal with ElevenLabs for licensed actor voices", "", "en",
+         {"ai_entertainment", "deals_partnerships", "labor_unions"}),
         # "strikes deal" is no strike
         ("Lionsgate strikes deal with Runway on AI video model", "", "en",
          {"ai_entertainment", "deals_partnerships", "tools_products"}),

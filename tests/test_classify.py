@@ -166,6 +166,16 @@ DEFAULT_PACK = load_config(Path(__file__).parent.parent / "feeds.yaml").rules()
          {"ai_entertainment", "labor_unions"}),
         ("SAG-AFTRA signs a deal with ElevenLabs for licensed actor voices", "", "en",
          {"ai_entertainment", "deals_partnerships", "labor_unions"}),
+        # a survey of creators is opinion; a platform's disclosure rule is a rule; a
+        # machine-made dub is AI used on a work
+        ("Umfrage: Jedes zweite Studio nutzt generative KI", "Viele Spieleentwickler "
+         "sorgen sich um ihre Jobs.", "de", {"ai_entertainment", "ethics_opinion", "games"}),
+        ("Deutscher Filmpreis führt Offenlegungspflicht für KI-Einsatz ein", "Wer einen "
+         "Film einreicht, muss generative Werkzeuge angeben.", "de",
+         {"ai_entertainment", "law_regulation"}),
+        ("Fans pan the machine-made English dub of an anime series", "The streamer used "
+         "synthetic voices.", "en",
+         {"ai_entertainment", "production_use", "likeness_deepfakes", "ethics_opinion"}),
         # "strikes deal" is no strike
         ("Lionsgate strikes deal with Runway on AI video model", "", "en",
          {"ai_entertainment", "deals_partnerships", "tools_products"}),

@@ -406,13 +406,22 @@ def loop_main(state_path: str) -> int:
     return 0
 
 
+def child_env() -> dict[str, str]:
+    """The environment of both contenders' processes: no reelwatch settings of the
+    caller's, and cached bytecode, as a deployed program runs (pip install writes it;
+    without it every run would compile the modules afresh, timing the compiler)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELWATCH_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def run_loop_process(workdir: Path, urls: list[str]) -> LoopRun:
     """Times the loop as a whole process (interpreter start-up and imports included),
     the way the CLI is timed."""
     state_path = workdir / "loop-state.json"
     if not state_path.exists():
         state_path.write_text(json.dumps({"urls": urls, "etags": {}, "mods": {}}))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = child_env()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(
@@ -538,10 +547,7 @@ class TreeSampler(threading.Thread):
 
 
 def run_cli(workdir: Path, config: Path, label: str) -> CliRun:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REELWATCH_")}
-    # A deployed service runs from cached bytecode (pip install writes it): without
-    # the cache every run would compile the project's modules afresh, timing the compiler.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = child_env()
     env["REELWATCH_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
     env["REELWATCH_ALLOW_PRIVATE_NETWORKS"] = "1"  # the feeds are served on loopback
     stdout_path = workdir / f"{label}.stdout"

@@ -733,10 +733,9 @@ def cmd_items(args: argparse.Namespace) -> int:
             }
         )
     if args.format == "table" and not rows:
-        scope = "".join(
-            f" {what} {value!r}" for what, value in (("in topic", args.topic), ("from", args.feed))
-            if value
-        )  # fmt: skip
+        scope = (f" in topic {args.topic!r}" if args.topic else "") + (
+            f" from {args.feed!r}" if args.feed else ""
+        )
         print(
             f"no items{scope} published in the last {_fmt_span(args.since)}"
             " (widen with --since, e.g. --since 90d)",

@@ -41,8 +41,13 @@ class _Server(ThreadingHTTPServer):
         pass  # clients hanging up on hostile responses is what the tests expect
 
 
-def _start(handler_cls: type[BaseHTTPRequestHandler], owner: Any) -> _Server:
-    server = _Server(("127.0.0.1", 0), handler_cls)
+def _start(
+    handler_cls: type[BaseHTTPRequestHandler], owner: Any, host: str = "127.0.0.1",
+    tls: ssl.SSLContext | None = None,
+) -> _Server:  # fmt: skip
+    server = _Server((host, 0), handler_cls)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.owner = owner  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
@@ -89,11 +94,12 @@ class _FeedHandler(BaseHTTPRequestHandler):
 
 
 class FeedServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
-        self._server = _start(_FeedHandler, self)
-        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._server = _start(_FeedHandler, self, host, tls)
+        scheme = "https" if tls else "http"
+        self.base = f"{scheme}://{host}:{self._server.server_address[1]}"
 
     def add(self, path: str, body: bytes = b"", **kw: Any) -> str:
         self.routes[path] = Route(body=body, **kw)
@@ -236,22 +242,12 @@ class SlackServer:
 # -- hostile servers: behaviours a feed host may have, for tests/test_hostile.py ------------
 
 
-def _start_at(host: str, handler_cls: type[BaseHTTPRequestHandler], owner: Any) -> _Server:
-    server = _Server((host, 0), handler_cls)
-    server.owner = owner  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server
-
-
 class FeedServerAt(FeedServer):
     """A FeedServer on another loopback address (127.0.0.2 by default): a second host,
     e.g. the target of a redirect that the fetcher must refuse."""
 
     def __init__(self, host: str = "127.0.0.2") -> None:
-        self.routes = {}
-        self.requests = []
-        self._server = _start_at(host, _FeedHandler, self)
-        self.base = f"http://{host}:{self._server.server_address[1]}"
+        super().__init__(host)
 
 
 class TlsFeedServer(FeedServer):
@@ -259,16 +255,9 @@ class TlsFeedServer(FeedServer):
     (a trustme CA), which nothing trusts unless told to."""
 
     def __init__(self, ca: Any) -> None:
-        self.routes = {}
-        self.requests = []
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(context)
-        server = _Server(("127.0.0.1", 0), _FeedHandler)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        server.owner = self  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        self._server = server
-        self.base = f"https://127.0.0.1:{server.server_address[1]}"
+        super().__init__(tls=context)
 
 
 Handler = Callable[[BaseHTTPRequestHandler], None]

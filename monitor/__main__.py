@@ -1,5 +1,5 @@
 """`python -m monitor` is the same as the `reelwatch` command."""
 
-from monitor.cli import entry
+from monitor.launch import entry
 
 entry()

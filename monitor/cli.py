@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
+import importlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from monitor import __version__
 from monitor.config import Config, config_path, load_config, parse_duration
@@ -215,18 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def entry() -> NoReturn:
-    """The `reelwatch` command and `python -m monitor`: main(), then exit."""
-    code = main()
-    # What is still alive now lives until exit: in the permanent generation, the
-    # interpreter's closing collections skip it (a poll exits ~0.2 s sooner).
-    # Only here, never in main(): tests call main() many times in one process.
-    gc.freeze()
-    sys.exit(code)
+# The modules a command needs beyond the CLI's own, imported before it starts when
+# main() is given after_imports (see monitor.launch); the others import on use.
+_COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "run": ("monitor.scheduler", "monitor.pipeline", "alerts.outbox"),
+    "poll": ("monitor.pipeline", "alerts.outbox"),
+    "feeds": ("storage",),
+    "items": ("storage",),
+    "health": ("storage",),
+    "deliveries": ("storage",),
+    "reclassify": ("storage", "monitor.pipeline"),
+    "digest": ("storage", "alerts.digest"),
+    "stories": ("storage",),
+    "db": ("storage",),
+}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, after_imports: Callable[[], None] | None = None
+) -> int:
+    """Runs one command and returns its exit status. `after_imports`, when given, is
+    called once the command's modules are imported, before it starts."""
     args = build_parser().parse_args(argv)
+    if after_imports is not None:
+        for module in _COMMAND_MODULES.get(args.command, ()):
+            importlib.import_module(module)
+        after_imports()
     setup_logging(args.log_format, args.log_level)
     try:
         if args.command == "run":

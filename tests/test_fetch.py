@@ -201,3 +201,32 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 )
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, NOW) == seconds
+
+
+def _answer_then_hang_up(handler) -> None:  # says nothing of closing, then closes
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/rss+xml")
+    handler.send_header("Content-Length", str(len(BODY)))
+    handler.end_headers()
+    handler.wfile.write(BODY)
+    handler.close_connection = True
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    feed_server: FeedServer,
+) -> None:
+    url = feed_server.add("/f", handler=_answer_then_hang_up)
+
+    async def three() -> list[Fetched]:
+        fetcher = Fetcher(user_agent="reelwatch-test")
+        fetched = []
+        try:
+            for _ in range(3):
+                fetched.append(await fetcher.fetch(url))
+                await asyncio.sleep(0.2)  # the server's FIN arrives at the idle connection
+            return fetched
+        finally:
+            await fetcher.aclose()
+
+    assert [f.body for f in asyncio.run(three())] == [BODY] * 3
+    assert len(feed_server.seen("/f")) == 3

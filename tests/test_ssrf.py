@@ -13,7 +13,8 @@ import pytest
 from monitor.cli import main
 from monitor.config import parse_config
 from monitor.errors import FetchError
-from monitor.fetch import AddressPolicy, Fetcher, address_kind, is_public_address
+from monitor.fetch import Fetcher
+from monitor.network import AddressPolicy, address_kind, is_public_address
 from monitor.types import Fetched
 from storage import Repository, make_engine
 from tests.conftest import fixture, write_config

@@ -21,10 +21,9 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence, Set
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from functools import lru_cache
 
 from monitor.classify.text import fold, guess_language
 from monitor.types import Item, Match
@@ -51,6 +50,14 @@ class Signature:
     numbers: frozenset[str] = frozenset()  # figures (20,000 titles; €600,000): any language
     # maybe names, never a lead: German nouns, a sentence's unconfirmed first word
     weak: frozenset[str] = frozenset()
+    # its names arranged for comparing, made on its first comparison (a story's members
+    # are compared with every new item); never pickled full nor stored
+    _names: _Names | None = field(default=None, init=False, repr=False, compare=False)
+
+    def names(self) -> _Names:
+        if self._names is None:
+            object.__setattr__(self, "_names", _Names(self.entities, self.weak))
+        return self._names  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, object]:
         return {"url": self.url, "title_key": self.title_key, "words": sorted(self.words),
@@ -287,23 +294,52 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return shared / (len(a) + len(b) - shared)
 
 
-@lru_cache(maxsize=1024)
-def _forms(names: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """The words of names, and each name padded to compare word for word (cached: a
-    story's members are compared with every new item)."""
-    forms = tuple(f" {n} " for n in names)
-    return frozenset(w for f in forms for w in f.split()), forms
+class _Names:
+    """A signature's names as comparisons read them: found through their words. Kept
+    small (it lives as long as its signature in the story cache): the names and words
+    are the signature's own strings, and the weak names its own set."""
+
+    __slots__ = ("all_words", "by_word", "weak")
+
+    def __init__(self, entities: frozenset[str], weak: frozenset[str]):
+        by_word: dict[str, tuple[str, ...]] = {}
+        for name in entities:
+            for word in dict.fromkeys(name.split()):
+                by_word[sys.intern(word)] = (*by_word.get(word, ()), name)
+        self.by_word = by_word
+        # every word of every name, and of the weak ones
+        self.all_words = by_word.keys() | {w for n in weak for w in n.split()} if weak else None
+        self.weak = weak
+
+    def words(self) -> Set[str]:
+        return self.by_word.keys()
+
+    def words_with_weak(self) -> Set[str]:
+        return self.by_word.keys() if self.all_words is None else self.all_words
 
 
-def _named(name: str, names: frozenset[str], weak: frozenset[str] = frozenset()) -> bool:
+def _named(name: str, names: _Names) -> bool:
     """Whether names hold name, or a name containing it or contained in it, word for word
     ("Universal Music" and "Universal Music Group", "VDS" and "Sprecherverband VDS"), or
-    weak holds it exactly (a German noun is no part of a longer name)."""
+    its weak names hold it exactly (a German noun is no part of a longer name)."""
     a = f" {name} "
-    words, forms = _forms(names)
-    if not words.isdisjoint(a.split()) and any(a in b or b in a for b in forms):
-        return True
-    return bool(weak) and a in _forms(weak)[1]
+    for word in name.split():
+        # one padded name inside another shares its words: only those are read
+        for other in names.by_word.get(word, ()):
+            b = f" {other} "
+            if a in b or b in a:
+                return True
+    return name in names.weak
+
+
+def _named_by(names: _Names, other: _Names) -> set[str]:
+    """The names of `names` that `other` names (see _named): only a name sharing a word
+    with the other's names can be."""
+    common = names.words() & other.words_with_weak()
+    if not common:
+        return set()
+    maybe = {name for word in common for name in names.by_word[word]}
+    return {name for name in maybe if _named(name, other)}
 
 
 def _figures(numbers: frozenset[str]) -> frozenset[str]:
@@ -320,13 +356,9 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
         return "same title", True
     # a name is shared when the other report names it, perhaps in a longer or shorter
     # form, or as one of the capitalised German nouns
-    shared: set[str] = set()
-    shared_back: set[str] = set()
-    new_forms, story_forms = _forms(new.entities)[0], _forms(story.entities)[0]
-    if not new_forms.isdisjoint(story_forms | _forms(story.weak)[0]):
-        shared = {n for n in new.entities if _named(n, story.entities, story.weak)}
-    if not story_forms.isdisjoint(new_forms | _forms(new.weak)[0]):
-        shared_back = {n for n in story.entities if _named(n, new.entities, new.weak)}
+    new_names, story_names = new.names(), story.names()
+    shared = _named_by(new_names, story_names)
+    shared_back = _named_by(story_names, new_names)
     count = max(len(shared), len(shared_back))
     smaller = min(len(new.entities), len(story.entities))
     # share of the shorter list of names that both reports name
@@ -339,8 +371,8 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
         return f"near-duplicate text ({text:.2f})", False
     # whom each headline is about must be named by the other: "AMC Networks signs with
     # Runway, a day after Lionsgate" names both studios, but it is about AMC
-    new_lead_named = new.lead is None or _named(new.lead, story.entities, story.weak)
-    story_lead_named = story.lead is None or _named(story.lead, new.entities, new.weak)
+    new_lead_named = new.lead is None or _named(new.lead, story_names)
+    story_lead_named = story.lead is None or _named(story.lead, new_names)
     topics_agree = not new.topics or not story.topics or bool(new.topics & story.topics)
     if not topics_agree:
         return None

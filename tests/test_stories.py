@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from alerts.outbox import Pacer, dispatch_pending
 from alerts.routing import Router
 from alerts.slack import SlackSettings
 from monitor.cli import main
-from monitor.stories import StoryRules, same_story, signature, title_key
+from monitor.stories import Signature, StoryRules, same_story, signature, title_key
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
 from tests.servers import SlackServer
@@ -148,6 +149,18 @@ def test_which_reports_are_one_story(a: Item, b: Item, joins: bool) -> None:
         signature(b, DEAL, "ai_entertainment"), signature(a, DEAL, "ai_entertainment"), rules
     )
     assert (verdict is not None) is joins, verdict
+
+
+def test_a_compared_signature_is_the_same_signature() -> None:
+    """Comparing arranges a signature's names once, for later comparisons; that changes
+    neither what it equals, nor what is stored of it, nor what a worker sends."""
+    new = signature(item(LIONSGATE_IT, "thr-roma", lang="it"), DEAL, "ai_entertainment")
+    member = signature(item(LIONSGATE_EN), DEAL, "ai_entertainment")
+    fresh = Signature.from_json(member.to_json())
+    assert same_story(new, member, StoryRules()) == same_story(new, member, StoryRules())
+    assert member == fresh and hash(member) == hash(fresh)
+    assert member.to_json() == fresh.to_json()
+    assert pickle.loads(pickle.dumps(member)) == member
 
 
 @pytest.mark.parametrize(

@@ -336,11 +336,7 @@ class Repository:
         urls = [i.url for i in items if i.url]
         known_urls: set[str] = set()
         for chunk in _chunks(urls):
-            known_urls.update(
-                conn.execute(
-                    select(table.c.url).where(table.c.feed == feed, table.c.url.in_(chunk))
-                ).scalars()
-            )
+            known_urls.update(conn.execute(_KNOWN_URLS, {"feed": feed, "urls": chunk}).scalars())
         rows = []
         for item in items:
             if item.url and item.url in known_urls:
@@ -427,12 +423,9 @@ class Repository:
         # every open story that shares a key with any of the items, in one query
         by_key: dict[str, set[int]] = {}
         all_keys = sorted({k for *_, keys in prepared for k in keys})
+        since = now - rules.window
         for chunk in _chunks(all_keys):
-            for story_id, key in conn.execute(
-                select(kt.c.story_id, kt.c.key).where(
-                    kt.c.key.in_(chunk), kt.c.first_seen >= now - rules.window
-                )
-            ):
+            for story_id, key in conn.execute(_OPEN_STORY_KEYS, {"keys": chunk, "since": since}):
                 by_key.setdefault(key, set()).add(story_id)
 
         # the open stories sharing the most keys with an item: a name every story has (a
@@ -487,6 +480,7 @@ class Repository:
                 new_keys = set()
                 if not exact and len(story.parsed) < _STORY_SIGNATURES:
                     story.parsed.append(sig)
+                    story.new_members = True
                     new_keys = keys
             for k in new_keys:
                 by_key.setdefault(k, set()).add(sid)
@@ -496,14 +490,20 @@ class Repository:
                                 "exact": exact})  # fmt: skip
             if exact:
                 copies.add(item_id)
-        changed = []
+        # grown stories, their signatures written only when a member was added (they are
+        # most of a story's row: an exact copy or an eleventh member leaves them as they are)
+        grown: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         for sid, story in stories.items():
             if story.dirty:
                 story.last_seen, story.dirty = now, False
-                changed.append({"sid": sid, **story.row()})
-        if changed:
-            grown = {c: bindparam(c) for c in changed[0] if c not in ("sid", "first_seen")}
-            conn.execute(update(st).where(st.c.id == bindparam("sid")).values(grown), changed)
+                grown[story.new_members].append(
+                    {"sid": sid, **story.row(signatures=story.new_members)}
+                )
+                story.new_members = False
+        for rows in grown.values():
+            if rows:
+                values = {c: bindparam(c) for c in rows[0] if c not in ("sid", "first_seen")}
+                conn.execute(update(st).where(st.c.id == bindparam("sid")).values(values), rows)
         if key_rows:
             conn.execute(self._insert()(kt).on_conflict_do_nothing(), key_rows)
         conn.execute(self._insert()(StoryItemRow.__table__).on_conflict_do_nothing(), member_rows)
@@ -511,12 +511,10 @@ class Repository:
 
     def _load_stories(self, conn: Connection, ids: set[int]) -> dict[int, _OpenStory]:
         """The stories `ids`, from the cache where the row has not changed since."""
-        st = StoryRow.__table__
         out: dict[int, _OpenStory] = {}
         stale = []
         for chunk in _chunks(sorted(ids)):
-            query = select(st.c.id, st.c["items"], st.c.last_seen).where(st.c.id.in_(chunk))
-            for sid, items, last_seen in conn.execute(query):
+            for sid, items, last_seen in conn.execute(_STORY_VERSIONS, {"ids": chunk}):
                 cached = self._stories.pop(sid, None)
                 if cached and (cached.items, cached.last_seen) == (items, last_seen):
                     out[sid] = self._stories[sid] = cached  # the most recently used last
@@ -526,7 +524,7 @@ class Repository:
         for sid in list(itertools.islice(self._stories, over)):
             del self._stories[sid]  # the least recently used
         for chunk in _chunks(stale):
-            for row in conn.execute(select(st).where(st.c.id.in_(chunk))):
+            for row in conn.execute(_STORIES, {"ids": chunk}):
                 out[row.id] = self._stories[row.id] = _OpenStory(
                     row.items, list(row.outlets), list(row.languages), list(row.topics),
                     row.first_seen, row.last_seen,
@@ -979,14 +977,17 @@ class _OpenStory:
     last_seen: datetime
     parsed: list[story_rules.Signature]  # the members' signatures new items are compared with
     dirty: bool = False  # grown in memory, not written yet
+    new_members: bool = False  # and a signature added to parsed
 
-    def row(self) -> dict[str, Any]:
-        """Its columns in the stories table."""
-        return {
+    def row(self, *, signatures: bool = True) -> dict[str, Any]:
+        """Its columns in the stories table (without the signatures when not asked)."""
+        row = {
             "items": self.items, "outlets": self.outlets, "languages": self.languages,
             "topics": self.topics, "first_seen": self.first_seen, "last_seen": self.last_seen,
-            "signatures": [sig.to_json() for sig in self.parsed],
         }  # fmt: skip
+        if signatures:
+            row["signatures"] = [sig.to_json() for sig in self.parsed]
+        return row
 
 
 def _claim(conn: Connection, key: Any, due: Any, until: datetime, worker: str) -> list[Any]:
@@ -998,6 +999,23 @@ def _claim(conn: Connection, key: Any, due: Any, until: datetime, worker: str) -
             update(key.table).where(key.in_(ids)).values(lease_until=until, leased_by=worker)
         )
     return ids
+
+
+# The statements every poll runs, built once: building one costs more than running it.
+_KNOWN_URLS = select(ItemRow.__table__.c.url).where(
+    ItemRow.__table__.c.feed == bindparam("feed"),
+    ItemRow.__table__.c.url.in_(bindparam("urls", expanding=True)),
+)
+_OPEN_STORY_KEYS = select(StoryKeyRow.__table__.c.story_id, StoryKeyRow.__table__.c.key).where(
+    StoryKeyRow.__table__.c.key.in_(bindparam("keys", expanding=True)),
+    StoryKeyRow.__table__.c.first_seen >= bindparam("since"),
+)
+_STORY_VERSIONS = select(
+    StoryRow.__table__.c.id, StoryRow.__table__.c["items"], StoryRow.__table__.c.last_seen
+).where(StoryRow.__table__.c.id.in_(bindparam("ids", expanding=True)))
+_STORIES = select(StoryRow.__table__).where(
+    StoryRow.__table__.c.id.in_(bindparam("ids", expanding=True))
+)
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from alerts.outbox import Pacer, dispatch_pending
 from alerts.routing import Router
@@ -291,3 +292,32 @@ def test_workers_growing_one_story_each_see_the_others_reports(database_url: str
     assert len(story.items) == 3
     assert sorted(story.outlets) == ["elpais-cultura", "thr", "thr-roma"]
     assert sorted(story.languages) == ["en", "es", "it"]
+
+
+def test_a_story_keeps_every_member_signature_across_restarts(database_url: str) -> None:
+    """Members join in memory and are written with the story; a restarted service (an
+    empty cache) reads them back and places the next report by them."""
+
+    def fresh() -> Repository:
+        r = Repository(make_engine(database_url))
+        r.create_schema()
+        r.configure_stories(StoryRules(), "ai_entertainment")
+        return r
+
+    first = fresh()
+    store(first, item(LIONSGATE_EN))
+    store(first, item((LIONSGATE_EN[0] + " | Variety", "Copy."), "variety"))  # exact copy
+    store(first, item(LIONSGATE_IT, "thr-roma", lang="it"), NOW + timedelta(hours=1))
+    with first.engine.connect() as conn:
+        (stored,) = conn.execute(text("select signatures from stories")).scalars()
+    if isinstance(stored, str):
+        stored = json.loads(stored)
+    # the lead and the Italian report; the copy is counted, not compared with
+    assert [Signature.from_json(s).title_key for s in stored] == [
+        title_key(LIONSGATE_EN[0]),
+        title_key(LIONSGATE_IT[0]),
+    ]
+    later = fresh()  # as after a restart: nothing cached
+    store(later, item(LIONSGATE_ES, "elpais-cultura", lang="es"), NOW + timedelta(hours=2))
+    (story,) = later.list_stories(NOW - timedelta(days=1))
+    assert set(story.outlets) == {"thr", "variety", "thr-roma", "elpais-cultura"}

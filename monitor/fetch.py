@@ -11,6 +11,7 @@ monitor.network, which resolves, checks and connects.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import ssl
@@ -54,6 +55,11 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+def _basic_auth(url: httpx.URL) -> str:
+    pair = f"{url.username}:{url.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def describe_status(code: int) -> str:
@@ -271,12 +277,18 @@ class Fetcher:
             conditional["If-Modified-Since"] = last_modified
         http_timeout = httpx.Timeout(timeout, connect=min(self._connect_timeout, timeout))
         current = url
+        cookies: httpx.Cookies | None = None  # set by a redirect, for the hops after it
         for _hop in range(MAX_REDIRECTS + 1):
             if urlsplit(current).scheme not in ("http", "https"):
                 raise FetchError(f"refused a redirect to a non-http(s) URL: {current[:200]}")
+            if self._client.is_closed:
+                raise FetchError("the fetcher is closed (the service is stopping)")
             request = self._client.build_request(
-                "GET", current, headers=conditional, timeout=http_timeout
+                "GET", current, headers=conditional, cookies=cookies, timeout=http_timeout
             )
+            url_auth = request.url.username or request.url.password
+            if url_auth:  # https://user:password@host/feed, for that host only
+                request.headers["Authorization"] = _basic_auth(request.url)
             # Straight to the transport: the client's send adds a cookie jar shared by
             # every feed, auth and redirect machinery (redirects are followed here, hop
             # by hop) and a log line per request, a sixth of a 304's cost (measured).
@@ -288,6 +300,9 @@ class Fetcher:
                     if not location:
                         raise FetchError(f"redirect ({response.status_code}) without a Location")
                     current = urljoin(str(response.url), location)
+                    if "set-cookie" in response.headers:  # a site checking cookies by redirect
+                        cookies = cookies or httpx.Cookies()
+                        cookies.extract_cookies(response)
                     continue
                 return await self._finish(response, etag, last_modified, started)
             finally:

@@ -203,9 +203,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectTimeout(f"timed out connecting to {address}") from None
         except OSError as exc:
             raise httpcore.ConnectError(f"{address}: {exc.strerror or exc}") from None
-        sock = writer.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
+        try:
+            for option in socket_options or ():
+                writer.get_extra_info("socket").setsockopt(*option)
+        except OSError as exc:
+            writer.transport.abort()
+            raise httpcore.ConnectError(f"{address}: {exc.strerror or exc}") from None
         return cls(reader, writer)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -254,10 +257,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if info == "is_readable":
             # an idle connection with something to read: the server closed it (or broke
             # the protocol), so the pool must not reuse it
+            # (asyncio reads sockets eagerly: what the server sent may wait in the reader)
             reader = self._reader
             return (
                 reader.at_eof()
                 or reader.exception() is not None
+                or bool(getattr(reader, "_buffer", b""))
                 or is_socket_readable(self._writer.get_extra_info("socket"))
             )
         if info == "client_addr":

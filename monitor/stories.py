@@ -51,7 +51,8 @@ class Signature:
     # maybe names, never a lead: German nouns, a sentence's unconfirmed first word
     weak: frozenset[str] = frozenset()
     # its names arranged for comparing, made on its first comparison (a story's members
-    # are compared with every new item); never pickled full nor stored
+    # are compared with every new item); not stored (to_json), and pickled only fresh
+    # (workers send signatures before any comparison)
     _names: _Names | None = field(default=None, init=False, repr=False, compare=False)
 
     def names(self) -> _Names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import time
 import zlib
@@ -230,3 +231,82 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
 
     assert [f.body for f in asyncio.run(three())] == [BODY] * 3
     assert len(feed_server.seen("/f")) == 3
+
+
+def _needs_login(handler) -> None:
+    expected = "Basic " + base64.b64encode(b"reader:s3cret").decode()
+    if handler.headers.get("Authorization") != expected:
+        handler.send_response(401)
+        handler.send_header("WWW-Authenticate", 'Basic realm="feeds"')
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(BODY)))
+    handler.end_headers()
+    handler.wfile.write(BODY)
+
+
+def test_credentials_in_the_url_log_in(feed_server: FeedServer) -> None:
+    url = feed_server.add("/private", handler=_needs_login)
+    with_login = url.replace("http://", "http://reader:s3cret@")
+    assert fetch(with_login).body == BODY
+    fails(url, "access denied")  # without them: refused, as the server says
+
+
+def _cookie_gate(handler) -> None:  # a site that sets a cookie by redirect, then checks it
+    if "seen=1" not in handler.headers.get("Cookie", ""):
+        handler.send_response(302)
+        handler.send_header("Location", "/gated")
+        handler.send_header("Set-Cookie", "seen=1; Path=/")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(BODY)))
+    handler.end_headers()
+    handler.wfile.write(BODY)
+
+
+def test_a_cookie_set_by_a_redirect_is_sent_on_the_next_hop(feed_server: FeedServer) -> None:
+    url = feed_server.add("/gated", handler=_cookie_gate)
+    assert fetch(url).body == BODY
+    assert [r.headers.get("cookie") for r in feed_server.seen("/gated")] == [None, "seen=1"]
+
+
+def test_a_closed_fetcher_fetches_nothing(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", BODY)
+
+    async def after_close() -> None:
+        fetcher = Fetcher(user_agent="reelwatch-test")
+        await fetcher.aclose()
+        await fetcher.fetch(url)
+
+    with pytest.raises(FetchError, match="closed"):
+        asyncio.run(after_close())
+    assert feed_server.seen("/f") == []
+
+
+def _answer_and_babble(handler) -> None:  # then bytes no request asked for, on a live socket
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(BODY)))
+    handler.end_headers()
+    handler.wfile.write(BODY)
+    handler.wfile.flush()
+    time.sleep(0.1)  # the client has read its answer: these arrive at an idle connection
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_connection_with_unasked_bytes_waiting_is_not_reused(feed_server: FeedServer) -> None:
+    url = feed_server.add("/f", handler=_answer_and_babble)
+
+    async def twice() -> list[Fetched]:
+        fetcher = Fetcher(user_agent="reelwatch-test")
+        try:
+            first = await fetcher.fetch(url)
+            await asyncio.sleep(0.5)  # the stray bytes arrive while the connection idles
+            return [first, await fetcher.fetch(url)]
+        finally:
+            await fetcher.aclose()
+
+    assert [f.body for f in asyncio.run(twice())] == [BODY] * 2

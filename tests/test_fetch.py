@@ -233,18 +233,21 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert len(feed_server.seen("/f")) == 3
 
 
+def _reply(handler, status: int, body: bytes = b"", **headers: str) -> None:
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def _needs_login(handler) -> None:
     expected = "Basic " + base64.b64encode(b"reader:s3cret").decode()
     if handler.headers.get("Authorization") != expected:
-        handler.send_response(401)
-        handler.send_header("WWW-Authenticate", 'Basic realm="feeds"')
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-        return
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(len(BODY)))
-    handler.end_headers()
-    handler.wfile.write(BODY)
+        _reply(handler, 401, WWW_Authenticate='Basic realm="feeds"')
+    else:
+        _reply(handler, 200, BODY)
 
 
 def test_credentials_in_the_url_log_in(feed_server: FeedServer) -> None:
@@ -256,16 +259,9 @@ def test_credentials_in_the_url_log_in(feed_server: FeedServer) -> None:
 
 def _cookie_gate(handler) -> None:  # a site that sets a cookie by redirect, then checks it
     if "seen=1" not in handler.headers.get("Cookie", ""):
-        handler.send_response(302)
-        handler.send_header("Location", "/gated")
-        handler.send_header("Set-Cookie", "seen=1; Path=/")
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-        return
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(len(BODY)))
-    handler.end_headers()
-    handler.wfile.write(BODY)
+        _reply(handler, 302, Location="/gated", Set_Cookie="seen=1; Path=/")
+    else:
+        _reply(handler, 200, BODY)
 
 
 def test_a_cookie_set_by_a_redirect_is_sent_on_the_next_hop(feed_server: FeedServer) -> None:

@@ -11,7 +11,6 @@ monitor.network, which resolves, checks and connects.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
 import ssl
@@ -55,11 +54,6 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
-
-
-def _basic_auth(url: httpx.URL) -> str:
-    pair = f"{url.username}:{url.password}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def describe_status(code: int) -> str:
@@ -286,9 +280,9 @@ class Fetcher:
             request = self._client.build_request(
                 "GET", current, headers=conditional, cookies=cookies, timeout=http_timeout
             )
-            url_auth = request.url.username or request.url.password
-            if url_auth:  # https://user:password@host/feed, for that host only
-                request.headers["Authorization"] = _basic_auth(request.url)
+            if request.url.username or request.url.password:  # https://user:pw@host/feed
+                auth = httpx.BasicAuth(request.url.username, request.url.password)
+                request = next(auth.auth_flow(request))  # sets Authorization, this hop only
             # Straight to the transport: the client's send adds a cookie jar shared by
             # every feed, auth and redirect machinery (redirects are followed here, hop
             # by hop) and a log line per request, a sixth of a 304's cost (measured).

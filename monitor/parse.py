@@ -103,7 +103,7 @@ def init_parse_worker(owner: int) -> None:
     # A worker's parent is the forkserver, not the service: if the service is killed
     # (SIGKILL, OOM), the worker would wait on its queue forever. It leaves instead.
     threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
-    # What the forkserver preloaded (feedparser, the rules) lives as long as the worker:
+    # What the forkserver preloaded (feedparser, this module) lives as long as the worker:
     # out of the cyclic collector's sight, as in monitor.launch.
     gc.freeze()
 

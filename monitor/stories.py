@@ -308,7 +308,8 @@ class _Names:
             for word in dict.fromkeys(name.split()):
                 by_word[sys.intern(word)] = (*by_word.get(word, ()), name)
         self.by_word = by_word
-        # every word of every name, and of the weak ones
+        # every word of every name and of the weak ones; None without weak names, as
+        # by_word's keys are those words then (a view would not pickle, a copy costs)
         self.all_words = by_word.keys() | {w for n in weak for w in n.split()} if weak else None
         self.weak = weak
 

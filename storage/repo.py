@@ -1002,20 +1002,18 @@ def _claim(conn: Connection, key: Any, due: Any, until: datetime, worker: str) -
 
 
 # The statements every poll runs, built once: building one costs more than running it.
-_KNOWN_URLS = select(ItemRow.__table__.c.url).where(
-    ItemRow.__table__.c.feed == bindparam("feed"),
-    ItemRow.__table__.c.url.in_(bindparam("urls", expanding=True)),
+_items_t, _keys_t, _stories_t = ItemRow.__table__, StoryKeyRow.__table__, StoryRow.__table__
+_KNOWN_URLS = select(_items_t.c.url).where(
+    _items_t.c.feed == bindparam("feed"), _items_t.c.url.in_(bindparam("urls", expanding=True))
 )
-_OPEN_STORY_KEYS = select(StoryKeyRow.__table__.c.story_id, StoryKeyRow.__table__.c.key).where(
-    StoryKeyRow.__table__.c.key.in_(bindparam("keys", expanding=True)),
-    StoryKeyRow.__table__.c.first_seen >= bindparam("since"),
+_OPEN_STORY_KEYS = select(_keys_t.c.story_id, _keys_t.c.key).where(
+    _keys_t.c.key.in_(bindparam("keys", expanding=True)),
+    _keys_t.c.first_seen >= bindparam("since"),
 )
-_STORY_VERSIONS = select(
-    StoryRow.__table__.c.id, StoryRow.__table__.c["items"], StoryRow.__table__.c.last_seen
-).where(StoryRow.__table__.c.id.in_(bindparam("ids", expanding=True)))
-_STORIES = select(StoryRow.__table__).where(
-    StoryRow.__table__.c.id.in_(bindparam("ids", expanding=True))
+_STORY_VERSIONS = select(_stories_t.c.id, _stories_t.c["items"], _stories_t.c.last_seen).where(
+    _stories_t.c.id.in_(bindparam("ids", expanding=True))
 )
+_STORIES = select(_stories_t).where(_stories_t.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:

@@ -204,12 +204,17 @@ def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, NOW) == seconds
 
 
-def _answer_then_hang_up(handler) -> None:  # says nothing of closing, then closes
-    handler.send_response(200)
-    handler.send_header("Content-Type", "application/rss+xml")
-    handler.send_header("Content-Length", str(len(BODY)))
+def _reply(handler, status: int, body: bytes = b"", **headers: str) -> None:
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
-    handler.wfile.write(BODY)
+    handler.wfile.write(body)
+
+
+def _answer_then_hang_up(handler) -> None:  # says nothing of closing, then closes
+    _reply(handler, 200, BODY, Content_Type="application/rss+xml")
     handler.close_connection = True
 
 
@@ -231,15 +236,6 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
 
     assert [f.body for f in asyncio.run(three())] == [BODY] * 3
     assert len(feed_server.seen("/f")) == 3
-
-
-def _reply(handler, status: int, body: bytes = b"", **headers: str) -> None:
-    handler.send_response(status)
-    for name, value in headers.items():
-        handler.send_header(name.replace("_", "-"), value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
 
 
 def _needs_login(handler) -> None:
@@ -284,10 +280,7 @@ def test_a_closed_fetcher_fetches_nothing(feed_server: FeedServer) -> None:
 
 
 def _answer_and_babble(handler) -> None:  # then bytes no request asked for, on a live socket
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(len(BODY)))
-    handler.end_headers()
-    handler.wfile.write(BODY)
+    _reply(handler, 200, BODY)
     handler.wfile.flush()
     time.sleep(0.1)  # the client has read its answer: these arrive at an idle connection
     handler.wfile.write(b"HTTP/1.1 200 OK\r\n")

@@ -178,7 +178,8 @@ class StoryKeyRow(SQLModel, table=True):
     """Index keys of open stories (link, title, names, word sketch): candidates by lookup."""
 
     __tablename__ = "story_keys"
-    __table_args__ = (Index("ix_story_keys_key_seen", "key", "first_seen"),)
+    # covering: finding a batch's candidate stories reads (key, story) from the index alone
+    __table_args__ = (Index("ix_story_keys_key_seen_story", "key", "first_seen", "story_id"),)
 
     key: str = Field(primary_key=True, sa_type=Text)
     story_id: int = Field(primary_key=True, foreign_key="stories.id")

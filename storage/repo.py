@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, select, update
 from sqlmodel import Session
@@ -76,6 +76,25 @@ class PollWrite:
     parsed: ParsedFeed | None
     router: Any  # alerts.routing.Router: which channels a matching item alerts (None: none)
     now: datetime
+
+
+class _Relevant(NamedTuple):
+    """A new item some topic matched, on its way to a story and its deliveries."""
+
+    item_id: int
+    item: Item
+    matches: Sequence[Match]
+    now: datetime  # when its poll ran
+    signature: story_rules.Signature | None  # worked out by the parse worker, if it did
+
+
+@dataclass(frozen=True, slots=True)
+class _NewItems:
+    """What one poll's items added: their ids by identity, matches, relevant ones."""
+
+    ids: dict[str, int]
+    matches: int
+    relevant: list[_Relevant]
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +292,7 @@ class Repository:
         If the batch fails, each poll is retried alone so one bad write sinks only itself."""
         try:
             with self.engine.begin() as conn:
-                return [self._store(conn, p) for p in polls]
+                return self._store_batch(conn, polls)
         except Exception as exc:
             self._stories.clear()  # it may hold what was rolled back
             if len(polls) == 1:
@@ -282,18 +301,36 @@ class Repository:
         for poll in polls:
             try:
                 with self.engine.begin() as conn:
-                    results.append(self._store(conn, poll))
+                    results += self._store_batch(conn, [poll])
             except Exception as exc:
                 self._stories.clear()
                 results.append(exc)
         return results
 
-    def _store(self, conn: Connection, p: PollWrite) -> StoreResult:
+    def _store_batch(self, conn: Connection, polls: Sequence[PollWrite]) -> list[StoreResult]:
         # Core statements, not ORM objects: this runs for every feed on every poll.
-        self._save_feed_state(conn, p.feed, p.url, p.update, p.parsed.title if p.parsed else None)
-        if p.parsed is None or not p.parsed.items:
-            return StoreResult()
-        return self._store_items(conn, p.feed, p.parsed, p.router, p.now)
+        stored: list[_NewItems | None] = []
+        for p in polls:
+            title = p.parsed.title if p.parsed else None
+            self._save_feed_state(conn, p.feed, p.url, p.update, title)
+            has_items = p.parsed is not None and p.parsed.items
+            stored.append(self._store_items(conn, p.feed, p.parsed, p.now) if has_items else None)
+        # the batch's relevant new items go to their stories together: the open stories
+        # they may join are looked up and rewritten once, not once per feed
+        copies = self._assign_stories(conn, [r for new in stored if new for r in new.relevant])
+        results, delivery_rows = [], []
+        for p, new in zip(polls, stored, strict=True):
+            if new is None:
+                results.append(StoreResult())
+                continue
+            rows = self._deliveries(p, new, copies)
+            delivery_rows += rows
+            results.append(StoreResult(len(new.ids), new.matches, len(rows)))
+        if delivery_rows:
+            conn.execute(
+                self._insert()(DeliveryRow.__table__).on_conflict_do_nothing(), delivery_rows
+            )
+        return results
 
     def _save_feed_state(
         self, conn: Connection, feed: str, url: str, u: FeedUpdate, title: str | None
@@ -327,8 +364,8 @@ class Repository:
         )
 
     def _store_items(
-        self, conn: Connection, feed: str, parsed: ParsedFeed, router: Any, now: datetime
-    ) -> StoreResult:
+        self, conn: Connection, feed: str, parsed: ParsedFeed, now: datetime
+    ) -> _NewItems | None:
         items = parsed.items
         table = ItemRow.__table__
         # A feed that changes an item's guid on every request still links the same
@@ -359,7 +396,7 @@ class Repository:
                 }
             )
         if not rows:
-            return StoreResult()
+            return None
         # executemany of one cached statement: ~5x faster than a multi-row VALUES
         # compiled afresh for every batch. RETURNING gives exactly the new rows.
         stmt = (
@@ -374,62 +411,52 @@ class Repository:
         if match_rows:
             conn.execute(self._insert()(MatchRow.__table__).on_conflict_do_nothing(), match_rows)
         by_identity = {i.identity: i for i in items}
-        # syndicated copies of a story already alerted: counted, not sent
-        copies = self._assign_stories(conn, [
-            (item_id, by_identity[identity], parsed.matches[identity])
+        relevant = [
+            _Relevant(item_id, by_identity[identity], parsed.matches[identity], now,
+                      parsed.signatures.get(identity))
             for identity, item_id in new_ids.items() if parsed.matches.get(identity)
-        ], now, parsed.signatures)  # fmt: skip
-        delivery_rows = []
-        for identity, item_id in new_ids.items():
-            matches = parsed.matches.get(identity, ())
-            if not matches or not router or item_id in copies:
-                continue
-            for channel in router.channels(feed, matches):
-                delivery_rows.append(
-                    {
-                        "item_id": item_id,
-                        "channel": channel,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt": now,
-                        "created": now,
-                    }
-                )
-        if delivery_rows:
-            conn.execute(
-                self._insert()(DeliveryRow.__table__).on_conflict_do_nothing(), delivery_rows
-            )
-        return StoreResult(len(new_ids), len(match_rows), len(delivery_rows))
+        ]  # fmt: skip
+        return _NewItems(new_ids, len(match_rows), relevant)
+
+    @staticmethod
+    def _deliveries(p: PollWrite, new: _NewItems, copies: set[int]) -> list[dict[str, Any]]:
+        """A pending delivery (the outbox) per channel the router names for each matching
+        new item, but for syndicated copies of a story already alerted: counted, not sent."""
+        if not p.router:
+            return []
+        return [
+            {"item_id": r.item_id, "channel": channel, "status": "pending", "attempts": 0,
+             "next_attempt": p.now, "created": p.now}
+            for r in new.relevant if r.item_id not in copies
+            for channel in p.router.channels(p.feed, r.matches)
+        ]  # fmt: skip
 
     # -- stories -----------------------------------------------------------------------------
 
-    def _assign_stories(
-        self, conn: Connection, entries: Sequence[tuple[int, Item, Sequence[Match]]],
-        now: datetime, signatures: dict[str, story_rules.Signature],
-    ) -> set[int]:  # fmt: skip
+    def _assign_stories(self, conn: Connection, entries: Sequence[_Relevant]) -> set[int]:
         """Put new relevant items in their stories (an open one they report, or a new one),
-        with a few statements per poll, not per item. Returns the items that are exact
-        copies (same link or title) of a story's item: counted, never alerted."""
+        with a few statements per batch of polls, not per item. Returns the items that are
+        exact copies (same link or title) of a story's item: counted, never alerted."""
         if not entries:
             return set()
         rules = self.story_rules
         kt, st = StoryKeyRow.__table__, StoryRow.__table__
         prepared = []
-        for item_id, item, matches in entries:
-            sig = signatures.get(item.identity) or story_rules.signature(item, matches, self.gate)
+        for item_id, item, matches, now, sig in entries:
+            sig = sig or story_rules.signature(item, matches, self.gate)
             sig = sig.interned()  # it may stay in the story cache
             keys = {k[:500] for k in story_rules.keys(sig)}  # the column's length
-            prepared.append((item_id, item, matches, sig, keys))
+            prepared.append((item_id, item, matches, now, sig, keys))
         # every open story that shares a key with any of the items, in one query
         by_key: dict[str, set[int]] = {}
         all_keys = sorted({k for *_, keys in prepared for k in keys})
-        since = now - rules.window
+        since = min(now for _, _, _, now, *_ in prepared) - rules.window
         for chunk in _chunks(all_keys):
-            for story_id, key in conn.execute(_OPEN_STORY_KEYS, {"keys": chunk, "since": since}):
+            for key, story_id in conn.execute(_OPEN_STORY_KEYS, {"keys": chunk, "since": since}):
                 by_key.setdefault(key, set()).add(story_id)
 
-        # the open stories sharing the most keys with an item: a name every story has (a
-        # big studio) must not make each new item read hundreds of stories
+        # the open stories sharing the most keys with an item: a name or word every story
+        # has (a big studio, "games") must not make each new item read hundreds of stories
         def ranked(keys: set[str]) -> list[int]:
             shared: Counter[int] = Counter()
             for k in keys:
@@ -444,7 +471,7 @@ class Repository:
         copies: set[int] = set()
         key_rows: list[dict[str, Any]] = []
         member_rows: list[dict[str, Any]] = []
-        for item_id, item, matches, sig, keys in prepared:
+        for item_id, item, matches, now, sig, keys in prepared:
             # ranked again: the stories this poll created or grew count too
             candidate_ids = ranked(keys)
             if missing := {sid for sid in candidate_ids if sid not in stories}:
@@ -472,6 +499,7 @@ class Repository:
                 story = stories[sid]
                 story.items += 1
                 story.dirty = True
+                story.last_seen = max(story.last_seen, now)
                 if item.feed not in story.outlets:
                     story.outlets.append(item.feed)
                 if item.language and item.language not in story.languages:
@@ -495,7 +523,7 @@ class Repository:
         grown: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         for sid, story in stories.items():
             if story.dirty:
-                story.last_seen, story.dirty = now, False
+                story.dirty = False
                 grown[story.new_members].append(
                     {"sid": sid, **story.row(signatures=story.new_members)}
                 )
@@ -1006,7 +1034,7 @@ _items_t, _keys_t, _stories_t = ItemRow.__table__, StoryKeyRow.__table__, StoryR
 _KNOWN_URLS = select(_items_t.c.url).where(
     _items_t.c.feed == bindparam("feed"), _items_t.c.url.in_(bindparam("urls", expanding=True))
 )
-_OPEN_STORY_KEYS = select(_keys_t.c.story_id, _keys_t.c.key).where(
+_OPEN_STORY_KEYS = select(_keys_t.c.key, _keys_t.c.story_id).where(
     _keys_t.c.key.in_(bindparam("keys", expanding=True)),
     _keys_t.c.first_seen >= bindparam("since"),
 )

@@ -17,6 +17,7 @@ from monitor.cli import main
 from monitor.stories import Signature, StoryRules, same_story, signature, title_key
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
+from storage.repo import PollWrite, StoreResult
 from tests.servers import SlackServer
 
 NOW = datetime(2026, 9, 18, 14, tzinfo=UTC)
@@ -254,6 +255,38 @@ def test_a_syndicated_copy_is_counted_never_alerted_and_another_event_alerts(
     (lionsgate, amc) = sorted(repo.list_stories(NOW - timedelta(days=1)), key=lambda s: s.id)
     assert len(lionsgate.items) == 3 and set(lionsgate.outlets) == {"thr", "variety", "indiewire"}
     assert len(amc.items) == 1
+
+
+def test_reports_stored_in_one_batch_join_the_story_the_first_of_them_started(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    # The service stores the polls that finished meanwhile together, and looks their
+    # stories up once per batch: a story made by one feed of the batch must be found by
+    # the next feed's report of it, and a poll that fails must not sink the others.
+    upd = FeedUpdate("ok", 200, None, None, None, None, 0, NOW, NOW, NOW, False, 5)
+    router = Router(default_channel="#ai-news", transport="bot")
+
+    def write(it: Item, feed: str | None = None) -> PollWrite:
+        parsed = ParsedFeed(it.feed, it.language, (it,), {it.identity: DEAL})
+        return PollWrite(feed or it.feed, f"https://{it.feed}.example/rss", upd, parsed, router,
+                         NOW)  # fmt: skip
+
+    broken = item(AMC, "deadline")
+    broken = Item(broken.feed, broken.identity, None, broken.url, None, broken.summary,  # type: ignore[arg-type]
+                  NOW, "en")  # fmt: skip
+    results = repo.store_polls([
+        write(item(LIONSGATE_EN, url="https://thr.example/lionsgate")),
+        write(item(LIONSGATE_IT, "thr-roma", lang="it")),
+        write(broken),  # a title the items table refuses: this poll alone fails
+        write(item((LIONSGATE_EN[0] + " | Variety", "Copy."), "variety")),  # an exact copy
+    ])  # fmt: skip
+    assert [r.new_deliveries if isinstance(r, StoreResult) else "error" for r in results] == [
+        1, 1, "error", 0
+    ]  # fmt: skip
+    (story,) = repo.list_stories(NOW - timedelta(days=1))
+    assert len(story.items) == 3 and story.outlets == ("thr", "thr-roma", "variety")
+    assert dispatch(repo, slack_server).sent == 2
+    assert [c.payload.get("thread_ts") is None for c in slack_server.calls] == [True, False]
 
 
 def test_a_story_closes_after_its_window(repo: Repository, slack_server: SlackServer) -> None:

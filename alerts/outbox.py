@@ -40,6 +40,11 @@ class DispatchReport:
             self.sent + other.sent, self.retrying + other.retrying, self.failed + other.failed
         )
 
+    @property
+    def total(self) -> int:
+        """Deliveries this dispatch dealt with: each due one it read is counted once."""
+        return self.sent + self.retrying + self.failed
+
 
 def retry_delay(attempts: int, retry_after: float | None = None) -> timedelta:
     """30 s, 1 min, 2 min … capped at an hour; never sooner than Slack's Retry-After."""
@@ -122,6 +127,32 @@ def dispatch_pending(
                 return report
             report += _follow_up(repo, sender_for, pacer, channel, d, stories[d.stored.id],
                                  now, titles)  # fmt: skip
+    return report
+
+
+def dispatch_all(
+    repo: Repository,
+    sender_for: Callable[[str], Sender],
+    now: datetime,
+    *,
+    batch: int = 500,
+    limit: int = 10_000,
+    burst: int = 10,
+    pacer: Pacer | None = None,
+) -> DispatchReport:
+    """Everything due (up to `limit`), `batch` deliveries at a time, as `reelwatch poll`
+    sends before it exits: a first poll of many feeds finds thousands, and one batch's
+    items and stories are all that is held at once. Each batch is a dispatch as the
+    service makes them, so a channel's burst is summarised per batch."""
+    pacer = pacer or Pacer()  # one for all batches: a channel's pace carries across them
+    report = DispatchReport()
+    while report.total < limit:
+        size = min(batch, limit - report.total)
+        done = dispatch_pending(repo, sender_for, now, limit=size, burst=burst, pacer=pacer)
+        report += done
+        # what failed or waits is due later than `now`: a short batch was the last
+        if done.total < size:
+            break
     return report
 
 

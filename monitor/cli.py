@@ -347,7 +347,7 @@ def _run_service(
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    from alerts.outbox import dispatch_pending
+    from alerts.outbox import dispatch_all
     from alerts.slack import SlackSettings
     from monitor.metrics import CYCLE_EVENT, PollCycle, log_fields
     from monitor.pipeline import Poller, utcnow
@@ -376,9 +376,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
             poller = Poller(config, repo, router=_router(config, slack))
             poller.observers.append(cycle.record)
             summary = asyncio.run(_poll_with_progress(poller, feeds))
-            sent = dispatch_pending(
-                repo, slack.sender_for, utcnow(), limit=10_000, burst=config.slack.burst
-            )
+            sent = dispatch_all(repo, slack.sender_for, utcnow(), burst=config.slack.burst)
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
         return EXIT_FAILURE

@@ -43,7 +43,7 @@ _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
 _STORY_KEY_SPREAD = 1_000  # a key shared by more open stories than this is not a candidate key
-_STORY_CACHE = 500  # stories kept parsed in memory between polls (~10 MB)
+_STORY_CACHE = 500  # stories kept parsed between polls (34 MB traced on the farm: 2 KB texts)
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.outbox import Pacer, dispatch_pending
+from alerts.outbox import Pacer, dispatch_all, dispatch_pending
 from alerts.routing import Route, Router
 from alerts.slack import SlackSettings
 from monitor.cli import main
@@ -118,6 +118,32 @@ def test_a_burst_becomes_one_summary(repo: Repository, slack_server: SlackServer
     assert len(call.payload["blocks"]) <= 50
     assert "<!channel>" not in json.dumps(call.payload)
     assert repo.delivery_counts() == {"sent": 12}
+
+
+def test_poll_sends_everything_due_a_batch_at_a_time(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, 5, Router(default_channel="#ai-news", transport="bot"))
+    sender_for = bot(slack_server).sender_for
+    report = dispatch_all(repo, sender_for, NOW, batch=2, burst=10, pacer=Pacer(interval=0))
+    assert report.sent == 5 and len(slack_server.calls) == 5
+    assert repo.delivery_counts() == {"sent": 5}
+    assert len({c.payload["text"] for c in slack_server.calls}) == 5  # each item once
+
+
+def test_a_batch_of_failures_ends_the_dispatch_and_stays_pending(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    store(repo, 3, Router(default_channel="#ai-news", transport="bot"))
+    for _ in range(3):
+        slack_server.fail_next(
+            429, b'{"ok": false, "error": "ratelimited"}',
+            {"Content-Type": "application/json", "Retry-After": "30"},
+        )  # fmt: skip
+    # the failed ones are due again only later: the dispatch ends, it does not spin
+    report = dispatch_all(repo, bot(slack_server).sender_for, NOW, batch=2, pacer=Pacer(0))
+    assert report.retrying == 3 and report.sent == 0
+    assert repo.delivery_counts() == {"pending": 3}
 
 
 def test_429_waits_for_retry_after_from_the_outbox(

@@ -652,7 +652,7 @@ class Repository:
     def mark_delivery_merged(self, delivery_id: int, now: datetime) -> None:
         """A later report of a story where Slack cannot thread (webhook, console): its
         story's alert stands for it; nothing is sent."""
-        self._update_delivery(delivery_id, status="merged", sent_at=now, last_error=None)
+        self._update_delivery(_MARK_MERGED, {"did": delivery_id, "now": now})
 
     def _with_matches(self, s: Session, rows: Sequence[ItemRow]) -> list[StoredItem]:
         by_item: dict[int, list[Match]] = {}
@@ -769,29 +769,20 @@ class Repository:
             return [PendingDelivery(d.id, d.channel, d.attempts, stored[i.id]) for d, i in rows]
 
     def mark_delivery_sent(self, delivery_id: int, now: datetime) -> None:
-        self._update_delivery(
-            delivery_id, status="sent", sent_at=now, last_error=None,
-            attempts=DeliveryRow.attempts + 1,
-        )  # fmt: skip
+        self._update_delivery(_MARK_SENT, {"did": delivery_id, "now": now})
 
     def mark_delivery_retry(self, delivery_id: int, error: str, next_attempt: datetime) -> None:
         self._update_delivery(
-            delivery_id, last_error=error[:1000], next_attempt=next_attempt,
-            attempts=DeliveryRow.attempts + 1,
-        )  # fmt: skip
-
-    def mark_delivery_failed(self, delivery_id: int, error: str) -> None:
-        self._update_delivery(
-            delivery_id, status="failed", last_error=error[:1000], attempts=DeliveryRow.attempts + 1
+            _MARK_RETRY, {"did": delivery_id, "error": error[:1000], "next": next_attempt}
         )
 
-    def _update_delivery(self, delivery_id: int, **values: Any) -> None:
+    def mark_delivery_failed(self, delivery_id: int, error: str) -> None:
+        self._update_delivery(_MARK_FAILED, {"did": delivery_id, "error": error[:1000]})
+
+    def _update_delivery(self, stmt: Any, params: dict[str, Any]) -> None:
+        # a transaction per delivery: marked the moment Slack has it, whatever comes next
         with self.engine.begin() as conn:
-            conn.execute(
-                update(DeliveryRow)
-                .where(and_(DeliveryRow.id == delivery_id, DeliveryRow.status == "pending"))
-                .values(**values, lease_until=None, leased_by=None)
-            )
+            conn.execute(stmt, params)
 
     def release_leases(self) -> None:
         """The one `run` on this database starts: no one else holds feeds or deliveries."""
@@ -1042,6 +1033,27 @@ _STORY_VERSIONS = select(_stories_t.c.id, _stories_t.c["items"], _stories_t.c.la
     _stories_t.c.id.in_(bindparam("ids", expanding=True))
 )
 _STORIES = select(_stories_t).where(_stories_t.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _delivery_update(**values: Any) -> Any:
+    """A pending delivery's outcome (bound as `did`); it gives up its claim with it."""
+    d = DeliveryRow.__table__
+    return (
+        update(d)
+        .where(d.c.id == bindparam("did"), d.c.status == "pending")
+        .values(**values, lease_until=None, leased_by=None)
+    )
+
+
+_attempted = DeliveryRow.__table__.c.attempts + 1
+_MARK_SENT = _delivery_update(
+    status="sent", sent_at=bindparam("now"), last_error=None, attempts=_attempted
+)
+_MARK_MERGED = _delivery_update(status="merged", sent_at=bindparam("now"), last_error=None)
+_MARK_RETRY = _delivery_update(
+    last_error=bindparam("error"), next_attempt=bindparam("next"), attempts=_attempted
+)
+_MARK_FAILED = _delivery_update(status="failed", last_error=bindparam("error"), attempts=_attempted)
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:

@@ -356,6 +356,10 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
         return "same link", True
     if new.title_key and new.title_key == story.title_key:
         return "same title", True
+    text = _jaccard(new.words, story.words)
+    topics_agree = not new.topics or not story.topics or bool(new.topics & story.topics)
+    if text < rules.similarity and not topics_agree:
+        return None  # what follows needs near-duplicate text or a topic in common
     # a name is shared when the other report names it, perhaps in a longer or shorter
     # form, or as one of the capitalised German nouns
     new_names, story_names = new.names(), story.names()
@@ -368,14 +372,12 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
     # the same words about different names are look-alike events ("Sony sues Udio",
     # "Universal sues Suno"), not one story
     other_names = smaller >= 2 and names < 0.25
-    text = _jaccard(new.words, story.words)
     if text >= rules.similarity and not other_names:
         return f"near-duplicate text ({text:.2f})", False
     # whom each headline is about must be named by the other: "AMC Networks signs with
     # Runway, a day after Lionsgate" names both studios, but it is about AMC
     new_lead_named = new.lead is None or _named(new.lead, story_names)
     story_lead_named = story.lead is None or _named(story.lead, new_names)
-    topics_agree = not new.topics or not story.topics or bool(new.topics & story.topics)
     if not topics_agree:
         return None
     figures = new.numbers & story.numbers
@@ -413,7 +415,9 @@ def best_story(
         if verdict is None:
             continue
         reason, exact = verdict
-        rank = 2.0 if exact else 1.0 + _jaccard(new.words, sig.words)
+        if exact:
+            return story_id, reason, exact  # nothing ranks above an exact copy
+        rank = 1.0 + _jaccard(new.words, sig.words)
         if best is None or rank > best[0]:
             best = (rank, story_id, reason, exact)
     return None if best is None else best[1:]

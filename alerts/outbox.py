@@ -136,24 +136,21 @@ def dispatch_all(
     now: datetime,
     *,
     batch: int = 500,
-    limit: int = 10_000,
     burst: int = 10,
     pacer: Pacer | None = None,
 ) -> DispatchReport:
-    """Everything due (up to `limit`), `batch` deliveries at a time, as `reelwatch poll`
-    sends before it exits: a first poll of many feeds finds thousands, and one batch's
-    items and stories are all that is held at once. Each batch is a dispatch as the
-    service makes them, so a channel's burst is summarised per batch."""
+    """Everything due, `batch` deliveries at a time, as `reelwatch poll` sends before it
+    exits: a first poll of many feeds finds thousands (left for the next poll, they would
+    be its work), and one batch's items and stories are all that is held at once. Each
+    batch is a dispatch as the service makes them: a channel's burst is summarised per
+    batch. It ends: what fails or waits is due again only after `now`."""
     pacer = pacer or Pacer()  # one for all batches: a channel's pace carries across them
     report = DispatchReport()
-    while report.total < limit:
-        size = min(batch, limit - report.total)
-        done = dispatch_pending(repo, sender_for, now, limit=size, burst=burst, pacer=pacer)
+    while True:
+        done = dispatch_pending(repo, sender_for, now, limit=batch, burst=burst, pacer=pacer)
         report += done
-        # what failed or waits is due later than `now`: a short batch was the last
-        if done.total < size:
-            break
-    return report
+        if done.total < batch:  # a short batch was the last
+            return report
 
 
 def _leads(story: StoryInfo | None) -> bool:

@@ -42,7 +42,10 @@ DELIVERY_LEASE = timedelta(minutes=2)  # a claimed delivery is sent well within 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
-_STORY_KEY_SPREAD = 1_000  # a key shared by more open stories than this is not a candidate key
+# a key shared by more open stories than this is no candidate key (the bound keeps the
+# rows read per new item from growing with the number of open stories)
+_STORY_KEY_SPREAD = 100
+_COMMON_KEYS_KEPT = timedelta(hours=1)  # how long such a key is not looked up again
 _STORY_CACHE = 500  # stories kept parsed between polls (34 MB traced on the farm: 2 KB texts)
 _CHUNK = 500  # values per IN (...): well under SQLite's 32,766 bound parameters
 _FEED_UPDATE_FIELDS = (
@@ -208,6 +211,9 @@ class Repository:
         # open stories as last read or written, with their signatures parsed: reused while
         # the row's (items, last_seen) still match, so another worker's change is seen
         self._stories: dict[int, _OpenStory] = {}
+        # keys found shared by too many open stories to tell any apart ("e:apple",
+        # "w:games"), and when: not read again for a while, as they only grow
+        self._common_keys: dict[str, datetime] = {}
 
     def configure_stories(self, rules: story_rules.StoryRules, gate: str | None) -> None:
         self.story_rules, self.gate = rules, gate
@@ -447,22 +453,28 @@ class Repository:
             sig = sig.interned()  # it may stay in the story cache
             keys = {k[:500] for k in story_rules.keys(sig)}  # the column's length
             prepared.append((item_id, item, matches, now, sig, keys))
-        # every open story that shares a key with any of the items, in one query
+        # every open story that shares a key with any of the items, in one query, but for
+        # the keys too many of them share: those tell no story apart
+        earliest = min(now for _, _, _, now, *_ in prepared)
+        common = self._recent_common_keys(earliest)
         by_key: dict[str, set[int]] = {}
-        all_keys = sorted({k for *_, keys in prepared for k in keys})
-        since = min(now for _, _, _, now, *_ in prepared) - rules.window
+        all_keys = sorted({k for *_, keys in prepared for k in keys} - common)
+        since = earliest - rules.window
         for chunk in _chunks(all_keys):
             for key, story_id in conn.execute(_OPEN_STORY_KEYS, {"keys": chunk, "since": since}):
                 by_key.setdefault(key, set()).add(story_id)
+        for key, ids in by_key.items():
+            if len(ids) > _STORY_KEY_SPREAD:
+                common.add(key)
+                self._common_keys[key] = earliest
 
         # the open stories sharing the most keys with an item: a name or word every story
         # has (a big studio, "games") must not make each new item read hundreds of stories
         def ranked(keys: set[str]) -> list[int]:
             shared: Counter[int] = Counter()
             for k in keys:
-                ids = by_key.get(k, ())
-                if len(ids) <= _STORY_KEY_SPREAD:  # a key of most stories tells none apart
-                    shared.update(ids)
+                if k not in common:
+                    shared.update(by_key.get(k, ()))
             best = heapq.nlargest(_STORY_CANDIDATES, shared.items(), key=lambda kv: kv[::-1])
             return [sid for sid, _ in best]
 
@@ -536,6 +548,14 @@ class Repository:
             conn.execute(self._insert()(kt).on_conflict_do_nothing(), key_rows)
         conn.execute(self._insert()(StoryItemRow.__table__).on_conflict_do_nothing(), member_rows)
         return copies
+
+    def _recent_common_keys(self, now: datetime) -> set[str]:
+        """The keys found common within _COMMON_KEYS_KEPT (the others forgotten): a key
+        shared by more than _STORY_KEY_SPREAD open stories stays so for a while, until
+        enough of them close."""
+        since = now - _COMMON_KEYS_KEPT
+        self._common_keys = {k: t for k, t in self._common_keys.items() if t >= since}
+        return set(self._common_keys)
 
     def _load_stories(self, conn: Connection, ids: set[int]) -> dict[int, _OpenStory]:
         """The stories `ids`, from the cache where the row has not changed since."""

@@ -34,16 +34,18 @@ class DispatchReport:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    waiting: int = 0  # later reports of a story whose alert is not sent yet: due shortly
 
     def __add__(self, other: DispatchReport) -> DispatchReport:
         return DispatchReport(
-            self.sent + other.sent, self.retrying + other.retrying, self.failed + other.failed
-        )
+            self.sent + other.sent, self.retrying + other.retrying, self.failed + other.failed,
+            self.waiting + other.waiting,
+        )  # fmt: skip
 
     @property
     def total(self) -> int:
         """Deliveries this dispatch dealt with: each due one it read is counted once."""
-        return self.sent + self.retrying + self.failed
+        return self.sent + self.retrying + self.failed + self.waiting
 
 
 def retry_delay(attempts: int, retry_after: float | None = None) -> timedelta:
@@ -145,12 +147,25 @@ def dispatch_all(
     batch is a dispatch as the service makes them: a channel's burst is summarised per
     batch. It ends: what fails or waits is due again only after `now`."""
     pacer = pacer or Pacer()  # one for all batches: a channel's pace carries across them
-    report = DispatchReport()
-    while True:
-        done = dispatch_pending(repo, sender_for, now, limit=batch, burst=burst, pacer=pacer)
-        report += done
-        if done.total < batch:  # a short batch was the last
-            return report
+
+    def drain(at: datetime) -> DispatchReport:
+        report = DispatchReport()
+        while True:
+            done = dispatch_pending(repo, sender_for, at, limit=batch, burst=burst, pacer=pacer)
+            report += done
+            if done.total < batch:  # a short batch was the last
+                return report
+
+    first = drain(now)
+    if not first.waiting:
+        return first
+    # Later reports read in a batch before their story's alert waited for it: it has
+    # been sent since (or failed, and they alert in its place).
+    again = drain(now + WAIT_FOR_LEAD)
+    return DispatchReport(
+        first.sent + again.sent, first.retrying + again.retrying, first.failed + again.failed,
+        again.waiting,
+    )  # fmt: skip
 
 
 def _leads(story: StoryInfo | None) -> bool:
@@ -180,7 +195,7 @@ def _follow_up(
     if parent is None:
         if repo.delivery_status(story.lead_item_id, channel) == "pending":
             repo.mark_delivery_retry(d.id, "waiting for the story's alert", now + WAIT_FOR_LEAD)
-            return DispatchReport(retrying=1)
+            return DispatchReport(waiting=1)
         # the story's alert never reached this channel (another route, or it failed):
         # this report alerts in its place
         message = render_alert(d.stored.item, d.stored.matches, titles.get(d.stored.item.feed))

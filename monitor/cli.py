@@ -385,7 +385,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
         f"feeds: {summary.count('ok')} ok, {summary.count('unchanged')} unchanged, "
         f"{summary.count('failed') + summary.count('gone')} failed; "
         f"new items: {summary.new_items}; matches: {summary.matches}; "
-        f"deliveries: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed"
+        f"deliveries: {sent.sent} sent, {sent.retrying + sent.waiting} to retry, "
+        f"{sent.failed} failed"
     )
     for report in sorted(summary.reports, key=lambda r: r.feed):
         if report.error:

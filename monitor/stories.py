@@ -415,8 +415,8 @@ def best_story(
         if verdict is None:
             continue
         reason, exact = verdict
-        if exact:
-            return story_id, reason, exact  # nothing ranks above an exact copy
+        if exact:  # nothing ranks above it; an identical text found earlier ranks level
+            return (story_id, reason, exact) if best is None or best[0] < 2.0 else best[1:]
         rank = 1.0 + _jaccard(new.words, sig.words)
         if best is None or rank > best[0]:
             best = (rank, story_id, reason, exact)

@@ -212,7 +212,8 @@ class Repository:
         # the row's (items, last_seen) still match, so another worker's change is seen
         self._stories: dict[int, _OpenStory] = {}
         # keys found shared by too many open stories to tell any apart ("e:apple",
-        # "w:games"), and when: not read again for a while, as they only grow
+        # "w:games"), and when: not read again for an hour (a trade: by then some of those
+        # stories may have closed; each process keeps its own)
         self._common_keys: dict[str, datetime] = {}
 
     def configure_stories(self, rules: story_rules.StoryRules, gate: str | None) -> None:
@@ -488,9 +489,11 @@ class Repository:
             candidate_ids = ranked(keys)
             if missing := {sid for sid in candidate_ids if sid not in stories}:
                 stories.update(self._load_stories(conn, missing))
+            opened_since = now - rules.window  # the batch read back from its earliest poll
             candidates = [
                 (sid, parsed)
-                for sid in candidate_ids if sid in stories
+                for sid in candidate_ids
+                if sid in stories and stories[sid].first_seen >= opened_since
                 for parsed in stories[sid].parsed
             ]  # fmt: skip
             found = story_rules.best_story(sig, candidates, rules)

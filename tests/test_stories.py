@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from alerts.outbox import Pacer, dispatch_pending
+from alerts.outbox import Pacer, dispatch_all, dispatch_pending
 from alerts.routing import Router
 from alerts.slack import SlackSettings
 from monitor.cli import main
-from monitor.stories import Signature, StoryRules, same_story, signature, title_key
+from monitor.stories import (
+    Signature,
+    StoryRules,
+    best_story,
+    same_story,
+    signature,
+    title_key,
+)
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
 from storage.repo import PollWrite, StoreResult
@@ -287,6 +294,63 @@ def test_reports_stored_in_one_batch_join_the_story_the_first_of_them_started(
     assert len(story.items) == 3 and story.outlets == ("thr", "thr-roma", "variety")
     assert dispatch(repo, slack_server).sent == 2
     assert [c.payload.get("thread_ts") is None for c in slack_server.calls] == [True, False]
+
+
+def test_an_item_stored_with_a_later_poll_does_not_join_a_story_closed_by_then(
+    repo: Repository,
+) -> None:
+    # A batch reads open stories back from its earliest poll; each item still sees only
+    # the stories open at its own poll's time.
+    store(repo, item(LIONSGATE_EN))
+    upd = FeedUpdate("ok", 200, None, None, None, None, 0, NOW, NOW, NOW, False, 5)
+    earlier, later = NOW + timedelta(hours=72, seconds=-30), NOW + timedelta(hours=72, seconds=20)
+    amc, it = item(AMC, "deadline"), item(LIONSGATE_IT, "thr-roma", lang="it")
+    repo.store_polls([
+        PollWrite("deadline", "u", upd, ParsedFeed("deadline", "en", (amc,), {amc.identity: DEAL}),
+                  None, earlier),
+        PollWrite("thr-roma", "u", upd, ParsedFeed("thr-roma", "it", (it,), {it.identity: DEAL}),
+                  None, later),
+    ])  # fmt: skip
+    stories = repo.list_stories(NOW - timedelta(days=1))
+    assert sorted(len(s.items) for s in stories) == [1, 1, 1]  # Lionsgate's closed: a new one
+
+
+def test_an_identical_text_found_first_ranks_level_with_an_exact_copy() -> None:
+    # Same words as the new report under another headline, then its exact headline in
+    # another story: both rank highest, and the first found keeps its place.
+    new = signature(item(LIONSGATE_EN), DEAL, "ai_entertainment")
+    same_words = signature(
+        item(("Lionsgate strikes a deal with Runway to train custom AI model", LIONSGATE_EN[1]),
+             "variety"), DEAL, "ai_entertainment",
+    )  # fmt: skip
+    assert new.words == same_words.words and new.title_key != same_words.title_key
+    exact = signature(item(LIONSGATE_EN, "deadline"), DEAL, "ai_entertainment")
+    assert best_story(new, [(1, same_words), (2, exact)], StoryRules())[:2] == (
+        1, "near-duplicate text (1.00)"
+    )  # fmt: skip
+    assert best_story(new, [(2, exact), (1, same_words)], StoryRules()) == (2, "same title", True)
+
+
+def test_a_later_report_read_before_its_storys_alert_replies_in_the_same_poll(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    # Due deliveries come in (next attempt, id) order: a later report of a story can be
+    # read in a batch before the one holding the story's alert. It waits, then replies.
+    router = Router(default_channel="#ai-news", transport="bot")
+    upd = FeedUpdate("ok", 200, None, None, None, None, 0, NOW, NOW, NOW, False, 5)
+    lead, later = item(LIONSGATE_EN), item(LIONSGATE_IT, "thr-roma", lang="it")
+    repo.store_polls([
+        PollWrite("thr", "u", upd, ParsedFeed("thr", "en", (lead,), {lead.identity: DEAL}),
+                  router, NOW + timedelta(seconds=5)),
+        PollWrite("thr-roma", "u", upd,
+                  ParsedFeed("thr-roma", "it", (later,), {later.identity: DEAL}), router, NOW),
+    ])  # fmt: skip
+    at = NOW + timedelta(seconds=5)
+    report = dispatch_all(repo, bot(slack_server).sender_for, at, batch=1, pacer=Pacer(0))
+    assert (report.sent, report.retrying, report.waiting) == (2, 0, 0)
+    alert, reply = slack_server.calls
+    assert "thread_ts" not in alert.payload and reply.payload["thread_ts"]
+    assert reply.payload["text"].startswith("Also covered by thr-roma (it)")
 
 
 def test_a_story_closes_after_its_window(repo: Repository, slack_server: SlackServer) -> None:

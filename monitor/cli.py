@@ -237,6 +237,10 @@ def main(
     """Runs one command and returns its exit status. `after_imports`, when given, is
     called once the command's modules are imported, before it starts."""
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # a SIGTERM while starting (importing, opening the database: before the service's
+        # own handlers) exits cleanly
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
     if after_imports is not None:
         for module in _COMMAND_MODULES.get(args.command, ()):
             importlib.import_module(module)
@@ -244,8 +248,6 @@ def main(
     setup_logging(args.log_format, args.log_level)
     try:
         if args.command == "run":
-            # a SIGTERM while starting (before the service's own handlers) exits cleanly
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
             return cmd_run(args)
         if args.command == "poll":
             return cmd_poll(args)

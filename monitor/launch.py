@@ -11,12 +11,17 @@ switched back on for the command's own work.
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from typing import NoReturn
 
 
 def entry() -> NoReturn:
     gc.disable()
+    if sys.argv[1:2] == ["run"]:
+        # A SIGTERM while the service starts (importing, before any handler of its own)
+        # is a clean exit, as it is later: a busy machine takes seconds to import.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from monitor.cli import main
 
     code = main(after_imports=_collect_from_here)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -162,10 +162,7 @@ def dispatch_all(
     # Later reports read in a batch before their story's alert waited for it: it has
     # been sent since (or failed, and they alert in its place).
     again = drain(now + WAIT_FOR_LEAD)
-    return DispatchReport(
-        first.sent + again.sent, first.retrying + again.retrying, first.failed + again.failed,
-        again.waiting,
-    )  # fmt: skip
+    return replace(first + again, waiting=again.waiting)
 
 
 def _leads(story: StoryInfo | None) -> bool:

@@ -8,7 +8,6 @@ import contextlib
 import importlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -237,10 +236,6 @@ def main(
     """Runs one command and returns its exit status. `after_imports`, when given, is
     called once the command's modules are imported, before it starts."""
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        # a SIGTERM while starting (importing, opening the database: before the service's
-        # own handlers) exits cleanly
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
     if after_imports is not None:
         for module in _COMMAND_MODULES.get(args.command, ()):
             importlib.import_module(module)

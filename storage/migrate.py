@@ -165,8 +165,7 @@ def upgrade_schema(engine: Engine) -> SchemaUpgrade:
 
     head = head_revision()
     with migration_connection(engine) as conn, conn.begin():
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
+        _one_upgrade_at_a_time(conn)
         before = MigrationContext.configure(conn).get_current_revision()
         if before == head:
             return SchemaUpgrade(before, head)
@@ -186,8 +185,7 @@ def _created_at_head(engine: Engine) -> bool:
     """Create the schema in an empty database and stamp it at HEAD (as Alembic's own
     version table records it); False, changing nothing, if the database holds any table."""
     with engine.connect() as conn, conn.begin():
-        if conn.dialect.name == "postgresql":  # one upgrade or creation at a time
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
+        _one_upgrade_at_a_time(conn)
         if inspect(conn).get_table_names():
             return False
         SQLModel.metadata.create_all(conn)
@@ -198,6 +196,13 @@ def _created_at_head(engine: Engine) -> bool:
         version.create(conn)
         conn.execute(version.insert(), {"version_num": HEAD})
     return True
+
+
+def _one_upgrade_at_a_time(conn: Connection) -> None:
+    """Wait for any other process upgrading or creating the schema (PostgreSQL; SQLite's
+    BEGIN IMMEDIATE already serialises writers), until this transaction ends."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
 
 
 def _at_head(engine: Engine) -> bool:

@@ -361,18 +361,21 @@ def cmd_poll(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
     repo = _repo()
-    states = repo.feed_states()
-    gone = [f for f in feeds if (st := states.get(f.name)) and st.disabled and st.url == f.url]
-    for feed in gone:
-        print(f"  {feed.name}: skipped, {states[feed.name].last_error}", file=sys.stderr)
-    feeds = [f for f in feeds if f not in gone]
     slack = SlackSettings.from_env()
     cycle = PollCycle()
     try:
         with exclusive_run(repo.engine):
+            # read once the poll is ours: a poll that just ended elsewhere left newer ones
+            states = repo.feed_states()
+            gone = [
+                f for f in feeds if (st := states.get(f.name)) and st.disabled and st.url == f.url
+            ]
+            for feed in gone:
+                print(f"  {feed.name}: skipped, {states[feed.name].last_error}", file=sys.stderr)
+            feeds = [f for f in feeds if f not in gone]
             poller = Poller(config, repo, router=_router(config, slack))
             poller.observers.append(cycle.record)
-            summary = asyncio.run(_poll_with_progress(poller, feeds))
+            summary = asyncio.run(_poll_with_progress(poller, feeds, states))
             sent = dispatch_all(repo, slack.sender_for, utcnow(), burst=config.slack.burst)
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
@@ -392,12 +395,12 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if feeds and failed == len(feeds) else EXIT_OK
 
 
-async def _poll_with_progress(poller: Any, feeds: list[Any]) -> Any:
+async def _poll_with_progress(poller: Any, feeds: list[Any], states: Any) -> Any:
     from tqdm import tqdm
 
     bar = tqdm(total=len(feeds), unit="feed", disable=not sys.stdout.isatty(), leave=False)
     try:
-        return await poller.poll_many(feeds, on_done=lambda _r: bar.update())
+        return await poller.poll_many(feeds, on_done=lambda _r: bar.update(), states=states)
     finally:
         bar.close()
         await poller.aclose()

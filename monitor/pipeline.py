@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -270,11 +270,16 @@ class Poller:
         )  # fmt: skip
 
     async def poll_many(
-        self, feeds: Iterable[FeedConfig], on_done: Callable[[FeedReport], None] | None = None
+        self,
+        feeds: Iterable[FeedConfig],
+        on_done: Callable[[FeedReport], None] | None = None,
+        states: Mapping[str, FeedState] | None = None,
     ) -> PollSummary:
+        """Poll the feeds concurrently; `states` are the feeds' stored states when the
+        caller has read them already (else read here, in one query, not one per feed)."""
         summary = PollSummary()
-
-        states = await self.db(self.repo.feed_states)  # one query, not one per feed
+        if states is None:
+            states = await self.db(self.repo.feed_states)
 
         async def one(feed: FeedConfig) -> None:
             report = await self.poll_feed(feed, states.get(feed.name))

@@ -180,6 +180,16 @@ def _to_item(row: ItemRow) -> Item:
     )
 
 
+def _feed_state_row(p: PollWrite) -> dict[str, Any]:
+    u = p.update
+    values = {f: getattr(u, f) for f in _FEED_UPDATE_FIELDS}
+    title = p.parsed.title if p.parsed else None
+    values |= {"name": p.feed, "url": p.url, "title": title or u.title, "polls": 1,
+               "mean_poll_ms": float(u.elapsed_ms), "lease_until": None,
+               "leased_by": None}  # fmt: skip
+    return values
+
+
 def _match_row(item_id: int, m: Match) -> dict[str, Any]:
     return {
         "item_id": item_id,
@@ -316,10 +326,10 @@ class Repository:
 
     def _store_batch(self, conn: Connection, polls: Sequence[PollWrite]) -> list[StoreResult]:
         # Core statements, not ORM objects: this runs for every feed on every poll.
+        # the feeds' states in one executemany: a warm poll is mostly these
+        conn.execute(self._feed_upsert(), [_feed_state_row(p) for p in polls])
         stored: list[_NewItems | None] = []
         for p in polls:
-            title = p.parsed.title if p.parsed else None
-            self._save_feed_state(conn, p.feed, p.url, p.update, title)
             has_items = p.parsed is not None and p.parsed.items
             stored.append(self._store_items(conn, p.feed, p.parsed, p.now) if has_items else None)
         # the batch's relevant new items go to their stories together: the open stories
@@ -338,15 +348,6 @@ class Repository:
                 self._insert()(DeliveryRow.__table__).on_conflict_do_nothing(), delivery_rows
             )
         return results
-
-    def _save_feed_state(
-        self, conn: Connection, feed: str, url: str, u: FeedUpdate, title: str | None
-    ) -> None:
-        values = {f: getattr(u, f) for f in _FEED_UPDATE_FIELDS}
-        values |= {"name": feed, "url": url, "title": title or u.title, "polls": 1,
-                   "mean_poll_ms": float(u.elapsed_ms), "lease_until": None,
-                   "leased_by": None}  # fmt: skip
-        conn.execute(self._feed_upsert(), values)
 
     @functools.cache  # noqa: B019 - one statement per repository, compiled once and cached
     def _feed_upsert(self) -> Any:

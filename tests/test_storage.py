@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from monitor.cli import main
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
 from storage.db import DatabaseLockedError, exclusive_run
+from storage.repo import PollWrite
 from tests.conftest import fixture, write_config
 from tests.servers import FeedServer
 
@@ -70,6 +72,24 @@ def test_store_poll_is_idempotent_and_writes_the_outbox(repo: Repository) -> Non
     state = repo.feed_state("thr")
     assert state.etag == '"e"' and state.polls == 2 and state.title == "THR"
     assert state.next_poll == NOW + timedelta(minutes=15)
+
+
+def test_a_batch_of_polls_saves_every_feeds_state(repo: Repository) -> None:
+    """One transaction for the polls the storage thread found queued: each feed's state
+    is saved, a feed polled twice in the batch counts both polls, the later one last."""
+    later = replace(update(NOW + timedelta(minutes=15)), etag='"f"')
+    failed = replace(update(), last_status="failed", last_error="HTTP 503", etag=None)
+    results = repo.store_polls([
+        PollWrite("thr", "https://thr.example/feed", update(), parsed(items(3), set()), None, NOW),
+        PollWrite("variety", "https://variety.example/feed", failed, None, None, NOW),
+        PollWrite("thr", "https://thr.example/feed", later, None, None, NOW),
+    ])  # fmt: skip
+    assert [getattr(r, "new_items", r) for r in results] == [3, 0, 0]
+    states = repo.feed_states()
+    assert (states["thr"].polls, states["thr"].etag, states["thr"].title) == (2, '"f"', "THR")
+    assert (states["variety"].last_status, states["variety"].last_error) == (
+        "failed", "HTTP 503",
+    )  # fmt: skip
 
 
 def test_a_new_guid_for_a_known_url_is_not_a_new_item(repo: Repository) -> None:

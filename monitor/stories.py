@@ -38,11 +38,16 @@ class StoryRules:
     min_shared_entities: int = 2
 
 
+# A new item's words are a set; a kept signature's a tuple of distinct words: a
+# comparison reads one of the two as a set, and a 150-word set takes 8 KB, its tuple 1.2.
+Words = frozenset[str] | tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Signature:
     url: str | None
     title_key: str
-    words: frozenset[str]
+    words: Words
     entities: frozenset[str]
     topics: frozenset[str]
     title_entities: frozenset[str] = frozenset()  # the names the headline is about
@@ -67,26 +72,39 @@ class Signature:
                 "numbers": sorted(self.numbers), "weak": sorted(self.weak)}  # fmt: skip
 
     def interned(self) -> Signature:
-        """The same signature, its words shared with every other kept in memory: a
-        story's reports repeat most of each other's words."""
+        """The same signature, its words the strings kept signatures share (a set finds
+        an interned string by identity, not by comparing it)."""
         return replace(
             self, words=_interned(self.words), entities=_interned(self.entities),
             title_entities=_interned(self.title_entities), weak=_interned(self.weak),
         )  # fmt: skip
 
+    def kept(self) -> Signature:
+        """The same signature as a story keeps it in memory, as from_json reads it: its
+        words a sorted tuple, and shared with every other kept signature (a story's
+        reports repeat most of each other's)."""
+        kept = replace(
+            self, words=tuple(sorted(map(sys.intern, self.words))),
+            entities=_interned(self.entities),
+            title_entities=_interned(self.title_entities), weak=_interned(self.weak),
+        )  # fmt: skip
+        object.__setattr__(kept, "_names", self._names)  # the same names, made once
+        return kept
+
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Signature:
-        def words(key: str) -> frozenset[str]:
+        def listed(key: str) -> list[str]:
             value = data.get(key) or []
-            if not isinstance(value, list):
-                return frozenset()
-            return frozenset(sys.intern(str(v)) for v in value)
+            return [sys.intern(str(v)) for v in value] if isinstance(value, list) else []
+
+        def words(key: str) -> frozenset[str]:
+            return frozenset(listed(key))
 
         url = data.get("url")
         return cls(
             url if isinstance(url, str) else None,
             str(data.get("title_key") or ""),
-            words("words"),
+            tuple(sorted(set(listed("words")))),  # kept: see Signature.kept
             words("entities"),
             words("topics"),
             words("title_entities"),
@@ -288,10 +306,12 @@ def keys(sig: Signature) -> set[str]:
     return out
 
 
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+def _jaccard(a: Words, b: Words) -> float:
     if not a or not b:
         return 0.0
-    shared = len(a & b)
+    if isinstance(a, tuple):  # the set, if either is one, does the looking up
+        a, b = (b, a) if isinstance(b, frozenset) else (frozenset(a), b)
+    shared = len(a.intersection(b))
     return shared / (len(a) + len(b) - shared)
 
 

@@ -451,8 +451,7 @@ class Repository:
         kt, st = StoryKeyRow.__table__, StoryRow.__table__
         prepared = []
         for item_id, item, matches, now, sig in entries:
-            sig = sig or story_rules.signature(item, matches, self.gate)
-            sig = sig.interned()  # it may stay in the story cache
+            sig = (sig or story_rules.signature(item, matches, self.gate)).interned()
             keys = {k[:500] for k in story_rules.keys(sig)}  # the column's length
             prepared.append((item_id, item, matches, now, sig, keys))
         # every open story that shares a key with any of the items, in one query, but for
@@ -502,7 +501,7 @@ class Repository:
             if found is None:
                 story = _OpenStory(
                     1, [item.feed], [item.language] if item.language else [], topics, now, now,
-                    [sig],
+                    [sig.kept()],
                 )  # fmt: skip
                 sid = conn.execute(
                     insert(st).returning(st.c.id),
@@ -523,7 +522,7 @@ class Repository:
                 story.topics = sorted(set(story.topics) | set(topics))
                 new_keys = set()
                 if not exact and len(story.parsed) < _STORY_SIGNATURES:
-                    story.parsed.append(sig)
+                    story.parsed.append(sig.kept())
                     story.new_members = True
                     new_keys = keys
             for k in new_keys:

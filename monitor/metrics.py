@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from alerts.outbox import DispatchReport
     from monitor.pipeline import FeedReport
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ CYCLE_EVENT = "poll cycle"
 # a poll's status (monitor.pipeline.FeedReport) -> its outcome label
 OUTCOMES = {"ok": "ok", "unchanged": "not_modified", "failed": "failed", "gone": "failed"}
 DELIVERY_STATUSES = ("pending", "sent", "failed")
-DISPATCH_RESULTS = ("sent", "retrying", "failed")
+DISPATCH_RESULTS = ("sent", "retrying", "waiting", "failed")
 # seconds; a feed's timeout is 30 s by default, a 304 from a nearby host a few ms
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 
@@ -137,8 +138,9 @@ class Metrics:
             "after each dispatch.", ["status"], registry=reg,
         )  # fmt: skip
         self.dispatched = Counter(
-            "reelwatch_deliveries_dispatched", "Delivery attempts by result (sent, retrying, "
-            "failed).", ["result"], registry=reg,
+            "reelwatch_deliveries_dispatched", "Deliveries dispatched by result: sent, "
+            "retrying (to be tried again), waiting (a later report held until its story's "
+            "alert is sent), failed.", ["result"], registry=reg,
         )  # fmt: skip
         self.poll_seconds = Histogram(
             "reelwatch_poll_duration_seconds", "Time to fetch and parse one feed.",
@@ -174,9 +176,9 @@ class Metrics:
     def record_lag(self, seconds: float) -> None:
         self.scheduler_lag.set(seconds)
 
-    def record_dispatch(self, sent: int, retrying: int, failed: int) -> None:
-        for result, n in zip(DISPATCH_RESULTS, (sent, retrying, failed), strict=True):
-            if n:
+    def record_dispatch(self, report: DispatchReport) -> None:
+        for result in DISPATCH_RESULTS:
+            if n := getattr(report, result):
                 self.dispatched.labels(result).inc(n)
 
     def set_delivery_counts(self, counts: Mapping[str, int]) -> None:

@@ -268,13 +268,13 @@ class Service:
             dispatch_pending, repo, self.slack.sender_for, utcnow(),
             burst=self.config.slack.burst, pacer=self._pacer, stopping=self._stop.is_set,
         )  # fmt: skip
-        if report.sent or report.retrying or report.failed:
+        if report.total:
             log.info(
-                "deliveries sent=%d retrying=%d failed=%d",
-                report.sent, report.retrying, report.failed,
+                "deliveries sent=%d retrying=%d waiting=%d failed=%d",
+                report.sent, report.retrying, report.waiting, report.failed,
             )  # fmt: skip
         if self.metrics is not None:
-            self.metrics.record_dispatch(report.sent, report.retrying, report.failed)
+            self.metrics.record_dispatch(report)
             self.metrics.set_delivery_counts(await asyncio.to_thread(repo.delivery_counts))
 
     async def send_digests(self) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from alerts.outbox import DispatchReport
 from monitor.metrics import CYCLE_EVENT, Metrics, PollCycle, percentile
 from monitor.pipeline import FeedReport
 from tests.conftest import fixture, write_config
@@ -84,6 +85,17 @@ def test_two_services_in_one_process_keep_separate_metrics() -> None:
     first.record_poll(FeedReport("a", "ok", new_items=3, ms=10))
     assert first.registry.get_sample_value("reelwatch_items_stored_total") == 3
     assert second.registry.get_sample_value("reelwatch_items_stored_total") == 0
+
+
+def test_dispatch_results_are_counted_waiting_apart_from_retrying() -> None:
+    """A later report held until its story's alert is sent is not a failed attempt."""
+    metrics = Metrics()
+    metrics.record_dispatch(DispatchReport(sent=2, retrying=1, waiting=3))
+    metrics.record_dispatch(DispatchReport(waiting=1, failed=1))
+    value = metrics.registry.get_sample_value
+    counts = {r: value("reelwatch_deliveries_dispatched_total", {"result": r})
+              for r in ("sent", "retrying", "waiting", "failed")}  # fmt: skip
+    assert counts == {"sent": 2, "retrying": 1, "waiting": 4, "failed": 1}
 
 
 def test_run_serves_metrics_that_count_polls_and_logs_a_json_cycle_line(

@@ -81,13 +81,10 @@ class Signature:
 
     def kept(self) -> Signature:
         """The same signature as a story keeps it in memory, as from_json reads it: its
-        words a sorted tuple, and shared with every other kept signature (a story's
-        reports repeat most of each other's)."""
-        kept = replace(
-            self, words=tuple(sorted(map(sys.intern, self.words))),
-            entities=_interned(self.entities),
-            title_entities=_interned(self.title_entities), weak=_interned(self.weak),
-        )  # fmt: skip
+        words a sorted tuple of the strings every kept signature shares (a story's
+        reports repeat most of each other's). Its other sets are this one's: storage
+        keeps signatures it has interned."""
+        kept = replace(self, words=tuple(sorted(map(sys.intern, self.words))))
         object.__setattr__(kept, "_names", self._names)  # the same names, made once
         return kept
 

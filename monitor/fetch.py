@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import ssl
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -131,21 +132,32 @@ class _BoundedDecoder:
             )
 
 
+_Origin = tuple[bytes, bytes, int | None]  # scheme, host, port
+
+
 class _PerHostTransport(httpx.AsyncBaseTransport):
     """A small connection pool per host behind the one shared client.
 
     httpcore scans every pooled connection (a poll() each) for every request, so a
     single pool kept warm for hundreds of hosts costs O(hosts) per request: measured,
     a warm pass over 500 feeds on 50 hosts spent most of its time there.
+    Only the `keep` most recently used hosts keep their pool: a feed's host is seldom
+    asked again before its keep-alive ends, and a pool held for each of 10,000 hosts
+    costs ~24 MB and, until it is used again, an open socket each (past a systemd
+    service's 1,024 open files). A pool still in use is never closed.
     """
 
-    def __init__(self, per_host: int, backend: httpcore.AsyncNetworkBackend):
+    def __init__(self, per_host: int, backend: httpcore.AsyncNetworkBackend, keep: int = 64):
         self._per_host = per_host
         self._backend = backend
+        self._keep = keep
         self._tls: ssl.SSLContext | None = None  # loaded on the first https host
         # Plain http never uses one; were it used, it trusts no CA and fails closed.
         self._no_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self._pools: dict[tuple[bytes, bytes, int | None], httpx.AsyncHTTPTransport] = {}
+        # the least recently used first; each pool beside the httpcore pool inside it
+        self._pools: dict[_Origin, tuple[httpx.AsyncHTTPTransport, httpcore.AsyncConnectionPool]]
+        self._pools = {}
+        self._waiting: Counter[_Origin] = Counter()  # requests not given a response yet
 
     def _ssl_context(self, scheme: bytes) -> ssl.SSLContext:
         if scheme != b"https":
@@ -156,29 +168,70 @@ class _PerHostTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         key = (request.url.raw_scheme, request.url.raw_host, request.url.port)
-        pool = self._pools.get(key)
+        pool = self._pools.pop(key, None)
         if pool is None:
-            limits = httpx.Limits(
-                max_connections=self._per_host,
-                max_keepalive_connections=self._per_host,
-                keepalive_expiry=30,
-            )
-            context = self._ssl_context(key[0])
-            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=context, limits=limits)
-            # httpx takes no network backend: give its transport an httpcore pool that has
-            # ours, with the same settings. test_ssrf fails if httpx renames _pool.
-            pool._pool = httpcore.AsyncConnectionPool(
-                ssl_context=context,
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                network_backend=self._backend,
-            )
-        return await pool.handle_async_request(request)
+            await self._close_unused()
+            pool = self._new_pool(key[0])
+        self._pools[key] = pool  # the most recently used last
+        self._waiting[key] += 1
+        try:
+            return await pool[0].handle_async_request(request)
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+
+    def _new_pool(
+        self, scheme: bytes
+    ) -> tuple[httpx.AsyncHTTPTransport, httpcore.AsyncConnectionPool]:
+        limits = httpx.Limits(
+            max_connections=self._per_host,
+            max_keepalive_connections=self._per_host,
+            keepalive_expiry=30,
+        )
+        context = self._ssl_context(scheme)
+        transport = httpx.AsyncHTTPTransport(verify=context, limits=limits)
+        # httpx takes no network backend: give its transport an httpcore pool that has
+        # ours, with the same settings. test_ssrf fails if httpx renames _pool.
+        transport._pool = core = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=self._backend,
+        )
+        return transport, core
+
+    async def _close_unused(self) -> None:
+        """Make room for one more pool: close the least recently used beyond `keep` that
+        nothing uses (no request waiting, each connection idle or closed; a response
+        being read keeps its connection active)."""
+        over = len(self._pools) + 1 - self._keep
+        if over <= 0:
+            return
+        unused = [
+            key
+            for key in itertools.islice(self._pools, over)
+            if key not in self._waiting
+            and all(c.is_idle() or c.is_closed() for c in self._pools[key][1].connections)
+        ]
+        closing = [self._pools.pop(key)[0] for key in unused]  # before any await
+        for transport in closing:
+            await transport.aclose()
 
     async def aclose(self) -> None:
-        for pool in self._pools.values():
-            await pool.aclose()
+        for transport, _ in self._pools.values():
+            await transport.aclose()
+
+
+class _Host:
+    """A host's fetch slots, and how many fetches hold or wait for one."""
+
+    __slots__ = ("slots", "users")
+
+    def __init__(self, per_host: int):
+        self.slots = asyncio.Semaphore(per_host)
+        self.users = 0
 
 
 class Fetcher:
@@ -194,10 +247,13 @@ class Fetcher:
         connect_timeout: float = 10.0,
         allow_private_networks: bool = False,
         allowed_networks: Iterable[str] = (),
+        kept_pools: int | None = None,
     ):
         """`allow_private_networks` (or REELWATCH_ALLOW_PRIVATE_NETWORKS=1) lets feeds live on
         loopback, RFC 1918 and other non-public addresses; `allowed_networks` (CIDR
-        strings) lets just those non-public networks through."""
+        strings) lets just those non-public networks through. `kept_pools`: how many of
+        the most recently fetched hosts keep their connections (4 x concurrency, 64 at
+        least)."""
         self.max_body_bytes = max_body_bytes
         self.policy = AddressPolicy(
             allow_private=allow_private_networks or private_networks_allowed_by_env(),
@@ -205,11 +261,13 @@ class Fetcher:
         )
         self._slots = asyncio.Semaphore(concurrency)
         self._per_host = per_host_concurrency
-        self._hosts: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(self._per_host)
-        )
+        self._hosts: dict[str, _Host] = {}  # kept while a fetch holds or waits for its slots
         self._connect_timeout = connect_timeout
-        self._transport = _PerHostTransport(per_host_concurrency, GuardedBackend(self.policy))
+        self._transport = _PerHostTransport(
+            per_host_concurrency,
+            GuardedBackend(self.policy),
+            keep=kept_pools or max(64, 4 * concurrency),
+        )
         self._client = httpx.AsyncClient(
             headers={
                 "User-Agent": user_agent,
@@ -233,14 +291,23 @@ class Fetcher:
         timeout: float = 30.0,
     ) -> Fetched:
         host = urlsplit(url).hostname or ""
-        async with self._slots, self._hosts[host]:
-            # timed from here: waiting for a slot is not the server's slowness
-            started = time.monotonic()
-            try:
-                return await self._fetch_with_deadline(url, etag, last_modified, timeout, started)
-            except FetchError as exc:
-                exc.elapsed_ms = int((time.monotonic() - started) * 1000)
-                raise
+        gate = self._hosts.get(host) or self._hosts.setdefault(host, _Host(self._per_host))
+        gate.users += 1
+        try:
+            async with self._slots, gate.slots:
+                # timed from here: waiting for a slot is not the server's slowness
+                started = time.monotonic()
+                try:
+                    return await self._fetch_with_deadline(
+                        url, etag, last_modified, timeout, started
+                    )
+                except FetchError as exc:
+                    exc.elapsed_ms = int((time.monotonic() - started) * 1000)
+                    raise
+        finally:
+            gate.users -= 1
+            if not gate.users:  # one per host ever polled would only grow
+                del self._hosts[host]
 
     async def _fetch_with_deadline(
         self, url: str, etag: str | None, last_modified: str | None, timeout: float, started: float

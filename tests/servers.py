@@ -31,6 +31,7 @@ class Route:
 class Seen:
     path: str
     headers: dict[str, str]
+    client_port: int = 0  # the connection it came on: a kept-alive one repeats its port
 
 
 class _Server(ThreadingHTTPServer):
@@ -61,7 +62,8 @@ class _FeedHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner: FeedServer = self.server.owner  # type: ignore[attr-defined]
-        owner.requests.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        owner.requests.append(Seen(self.path, headers, self.client_address[1]))
         route = owner.routes.get(self.path)
         if route is None:
             self._send(404, b"not found", "text/plain")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import threading
 import time
 import zlib
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from monitor.errors import FetchError
 from monitor.fetch import Fetcher, parse_retry_after
 from monitor.types import Fetched
 from tests.conftest import fixture
-from tests.servers import FeedServer, TlsFeedServer
+from tests.servers import FeedServer, FeedServerAt, TlsFeedServer
 
 BODY = fixture("thr_rescraped_rss2.xml")
 
@@ -299,3 +301,71 @@ def test_a_connection_with_unasked_bytes_waiting_is_not_reused(feed_server: Feed
             await fetcher.aclose()
 
     assert [f.body for f in asyncio.run(twice())] == [BODY] * 2
+
+
+def fetch_all(urls: list[str], *, kept_pools: int) -> list[Fetched]:
+    """One fetcher fetching `urls` one after the other."""
+
+    async def go() -> list[Fetched]:
+        fetcher = Fetcher(user_agent="reelwatch-test", kept_pools=kept_pools)
+        try:
+            return [await fetcher.fetch(u, timeout=5) for u in urls]
+        finally:
+            await fetcher.aclose()
+
+    return asyncio.run(go())
+
+
+def test_only_the_most_recently_fetched_hosts_keep_their_connections(
+    feed_server: FeedServer,
+) -> None:
+    """A connection is kept alive for the host's next fetch, but not by every host ever
+    fetched: 10,000 feed hosts would hold 10,000 sockets and pools."""
+    a = feed_server.add("/a", BODY)
+    second, third = FeedServerAt("127.0.0.2"), FeedServerAt("127.0.0.3")
+    try:
+        b, c = second.add("/b", BODY), third.add("/c", BODY)
+        assert all(f.body == BODY for f in fetch_all([a, b, a], kept_pools=2))
+        first, again = feed_server.seen("/a")
+        assert first.client_port == again.client_port  # the same connection, kept alive
+        feed_server.requests.clear()
+        assert all(f.body == BODY for f in fetch_all([a, b, c, a], kept_pools=2))
+        first, again = feed_server.seen("/a")
+        assert first.client_port != again.client_port  # a's was closed to keep c's
+    finally:
+        second.close()
+        third.close()
+
+
+def test_a_host_being_fetched_keeps_its_connection(feed_server: FeedServer) -> None:
+    """Closing the least recently used hosts' connections never cuts a fetch short: a
+    slow host answers while three others are fetched, with room kept for one host."""
+    asked = threading.Event()
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:
+        asked.set()
+        time.sleep(0.5)  # the other hosts are fetched meanwhile
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(BODY)))
+        handler.end_headers()
+        handler.wfile.write(BODY)
+
+    a = feed_server.add("/slow", handler=slow)
+    others = [FeedServerAt(f"127.0.0.{n}") for n in (2, 3, 4)]
+
+    async def go() -> tuple[Fetched, list[Fetched]]:
+        fetcher = Fetcher(user_agent="reelwatch-test", kept_pools=1)
+        try:
+            slow_fetch = asyncio.create_task(fetcher.fetch(a, timeout=5))
+            assert await asyncio.to_thread(asked.wait, 5)
+            fetched = [await fetcher.fetch(s.add("/f", BODY), timeout=5) for s in others]
+            return await slow_fetch, fetched
+        finally:
+            await fetcher.aclose()
+
+    try:
+        slow_one, fetched = asyncio.run(go())
+        assert slow_one.body == BODY and [f.body for f in fetched] == [BODY] * 3
+    finally:
+        for s in others:
+            s.close()

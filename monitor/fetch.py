@@ -294,7 +294,9 @@ class Fetcher:
         gate = self._hosts.get(host) or self._hosts.setdefault(host, _Host(self._per_host))
         gate.users += 1
         try:
-            async with self._slots, gate.slots:
+            # the host's slot first: a fetch waiting for a busy host holds no slot another
+            # host's feed could use (a run of feeds from one outlet would serialise all)
+            async with gate.slots, self._slots:
                 # timed from here: waiting for a slot is not the server's slowness
                 started = time.monotonic()
                 try:

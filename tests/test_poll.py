@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from monitor.cli import main
+from monitor.config import FeedConfig, load_config
+from monitor.pipeline import Poller, _hosts_interleaved
 from storage import Repository, make_engine
 from tests.conftest import fixture, write_config
-from tests.servers import FeedServer, SlackServer
+from tests.servers import FeedServer, FeedServerAt, SlackServer
 
 THR = "thr_rescraped_rss2.xml"  # 9 items
 ARS = "arstechnica_2024-04-01_rss2.xml"  # 20 items, 5 mention AI (Sora and friends)
@@ -313,3 +317,60 @@ def test_feeds_status_shows_volume_errors_and_timing(
     assert rows["ars"]["status"] == "ok" and rows["ars"]["mean_ms"] is not None
     assert rows["down"]["failures"] == 1 and "500" in rows["down"]["error"]
     assert rows["down"]["flags"] == []  # one failure of a new feed is not yet a problem
+
+
+@pytest.mark.parametrize(
+    "urls, order",
+    [
+        (["http://a/1", "http://a/2", "http://a/3", "http://b/", "http://c/"],
+         ["a/1", "b/", "c/", "a/2", "a/3"]),
+        (["http://a/1", "http://b/1", "http://a/2", "http://b/2"],
+         ["a/1", "b/1", "a/2", "b/2"]),
+        (["https://a/1", "http://A:80/2"], ["a/1", "A:80/2"]),  # one host, any spelling
+        ([], []),
+    ],
+)  # fmt: skip
+def test_feeds_are_polled_one_host_in_turn(urls: list[str], order: list[str]) -> None:
+    feeds = [FeedConfig(name=f"f{i}", url=url) for i, url in enumerate(urls)]
+    assert [f.url.split("//")[1] for f in _hosts_interleaved(feeds)] == order
+
+
+def test_a_run_of_one_slow_outlets_feeds_does_not_hold_up_another_host(
+    feed_server: FeedServer, tmp_path: Path
+) -> None:
+    """Six feeds of one slow outlet listed first (two polled at a time, 1.5 s each), then
+    another host's feed: that one is polled at once, not after the outlet's."""
+    body = fixture(ARS)
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(1.5)
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    feeds = {f"outlet{i}": feed_server.add(f"/section{i}", handler=slow) for i in range(6)}
+    other = FeedServerAt("127.0.0.2")
+    try:
+        feeds["other"] = other.add("/feed", body)
+        config = load_config(write_config(tmp_path, feeds, concurrency="2", timeout="20s"))
+        store = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+        store.create_schema()
+        poller = Poller(config, store, router=None, parse_workers=1)
+        started = time.monotonic()
+        done: dict[str, float] = {}
+
+        async def go() -> None:
+            try:
+                await poller.poll_many(
+                    config.feeds, on_done=lambda r: done.setdefault(r.feed, time.monotonic())
+                )
+            finally:
+                await poller.aclose()
+
+        asyncio.run(go())
+    finally:
+        other.close()
+    took = {feed: at - started for feed, at in done.items()}
+    assert len(took) == 7 and store.count_items() == 7 * 20
+    assert took["other"] < 1.5 <= min(t for f, t in took.items() if f != "other"), took

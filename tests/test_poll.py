@@ -128,8 +128,13 @@ def test_broken_feeds_are_recorded_and_the_others_stored(
     config = write_config(tmp_path, feeds, timeout="2s")
 
     assert poll(config) == 0  # some feeds failed, the pass itself worked
-    out = capsys.readouterr().out
+    out, log = capsys.readouterr()
     states = repo().feed_states()
+    # the log names each failed feed and the one read despite its problem, not every
+    # feed polled (the poll cycle's line counts those)
+    assert all(f"feed failed feed={name} " in log for name in BROKEN)
+    assert "feed polled feed=truncated " in log and "warning='not well-formed" in log
+    assert "feed polled feed=thr " not in log and "poll cycle feeds=9 ok=3" in log
     errors = {name: states[name].last_error for name in BROKEN}
     assert "server error (500" in errors["server-error"]
     assert "HTML page" in errors["html-page"]
@@ -149,6 +154,8 @@ def test_broken_feeds_are_recorded_and_the_others_stored(
     assert repo().count_items("thr") == 9
     assert repo().count_items("ars") == 20
     assert repo().count_items("file-path") == 0
+    assert poll(config, "--log-level", "debug") == 0  # every feed's line, for a closer look
+    assert "feed polled feed=thr status=304 " in capsys.readouterr().err
 
 
 def test_items_json_lists_what_matched_and_why(

@@ -169,12 +169,15 @@ class _PerHostTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         key = (request.url.raw_scheme, request.url.raw_host, request.url.port)
         pool = self._pools.pop(key, None)
+        closing = []
         if pool is None:
-            await self._close_unused()
+            closing = self._take_unused()
             pool = self._new_pool(key[0])
-        self._pools[key] = pool  # the most recently used last
+        self._pools[key] = pool  # the most recently used last, before any await
         self._waiting[key] += 1
         try:
+            for transport in closing:
+                await transport.aclose()
             return await pool[0].handle_async_request(request)
         finally:
             self._waiting[key] -= 1
@@ -202,22 +205,20 @@ class _PerHostTransport(httpx.AsyncBaseTransport):
         )
         return transport, core
 
-    async def _close_unused(self) -> None:
-        """Make room for one more pool: close the least recently used beyond `keep` that
-        nothing uses (no request waiting, each connection idle or closed; a response
-        being read keeps its connection active)."""
+    def _take_unused(self) -> list[httpx.AsyncHTTPTransport]:
+        """Make room for one more pool: take out the least recently used beyond `keep`
+        that nothing uses (no request waiting, each connection idle or closed; a
+        response being read keeps its connection active), for the caller to close."""
         over = len(self._pools) + 1 - self._keep
         if over <= 0:
-            return
+            return []
         unused = [
             key
             for key in itertools.islice(self._pools, over)
             if key not in self._waiting
             and all(c.is_idle() or c.is_closed() for c in self._pools[key][1].connections)
         ]
-        closing = [self._pools.pop(key)[0] for key in unused]  # before any await
-        for transport in closing:
-            await transport.aclose()
+        return [self._pools.pop(key)[0] for key in unused]
 
     async def aclose(self) -> None:
         for transport, _ in self._pools.values():

@@ -226,13 +226,54 @@ class _PerHostTransport(httpx.AsyncBaseTransport):
 
 
 class _Host:
-    """A host's fetch slots, and how many fetches hold or wait for one."""
+    """A host's fetch slots, and how many turns hold or wait for one."""
 
     __slots__ = ("slots", "users")
 
     def __init__(self, per_host: int):
         self.slots = asyncio.Semaphore(per_host)
         self.users = 0
+
+
+class HostTurn:
+    """One of a host's fetch slots (`per_host_concurrency`), for `async with`: a caller that
+    must hold something else for the fetch (a slot between fetch and store) waits for its
+    turn first, so a busy host's queue holds nothing another host's feed could use. The
+    fetch given the turn gives the slot back as soon as it is done."""
+
+    __slots__ = ("_fetcher", "_gate", "_held", "_name")
+
+    def __init__(self, fetcher: Fetcher, name: str, gate: _Host):
+        self._fetcher, self._name, self._gate = fetcher, name, gate
+        self._held = False
+
+    async def __aenter__(self) -> HostTurn:
+        self._gate.users += 1
+        try:
+            await self._gate.slots.acquire()
+        except BaseException:
+            self._leave()
+            raise
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+        self._leave()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._gate.slots.release()
+
+    def _leave(self) -> None:
+        self._gate.users -= 1
+        if not self._gate.users:  # one per host ever polled would only grow
+            del self._fetcher._hosts[self._name]
 
 
 class Fetcher:
@@ -262,7 +303,7 @@ class Fetcher:
         )
         self._slots = asyncio.Semaphore(concurrency)
         self._per_host = per_host_concurrency
-        self._hosts: dict[str, _Host] = {}  # kept while a fetch holds or waits for its slots
+        self._hosts: dict[str, _Host] = {}  # kept while a turn holds or waits for a slot
         self._connect_timeout = connect_timeout
         self._transport = _PerHostTransport(
             per_host_concurrency,
@@ -290,14 +331,21 @@ class Fetcher:
         etag: str | None = None,
         last_modified: str | None = None,
         timeout: float = 30.0,
+        turn: HostTurn | None = None,
     ) -> Fetched:
-        host = urlsplit(url).hostname or ""
-        gate = self._hosts.get(host) or self._hosts.setdefault(host, _Host(self._per_host))
-        gate.users += 1
+        """The feed at `url`, conditionally. `turn`: a turn at its host the caller took
+        (else the fetch waits for one)."""
+        if turn is None:
+            async with self.turn(url) as turn:
+                return await self.fetch(
+                    url, etag=etag, last_modified=last_modified, timeout=timeout, turn=turn
+                )
+        if not turn.held:
+            raise RuntimeError("a host turn is good for one fetch, taken (async with) first")
         try:
             # the host's slot first: a fetch waiting for a busy host holds no slot another
             # host's feed could use (a run of feeds from one outlet would serialise all)
-            async with gate.slots, self._slots:
+            async with self._slots:
                 # timed from here: waiting for a slot is not the server's slowness
                 started = time.monotonic()
                 try:
@@ -308,9 +356,14 @@ class Fetcher:
                     exc.elapsed_ms = int((time.monotonic() - started) * 1000)
                     raise
         finally:
-            gate.users -= 1
-            if not gate.users:  # one per host ever polled would only grow
-                del self._hosts[host]
+            turn.release()
+
+    def turn(self, url: str) -> HostTurn:
+        """A turn at `url`'s host (see HostTurn), to pass to `fetch`."""
+        host = urlsplit(url).hostname or ""
+        if host not in self._hosts:
+            self._hosts[host] = _Host(self._per_host)
+        return HostTurn(self, host, self._hosts[host])
 
     async def _fetch_with_deadline(
         self, url: str, etag: str | None, last_modified: str | None, timeout: float, started: float

@@ -28,7 +28,7 @@ from alerts.routing import Router
 from monitor.config import Config, FeedConfig
 from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
-from monitor.fetch import Fetcher
+from monitor.fetch import Fetcher, HostTurn
 from monitor.parse import ParseJob, init_parse_worker, parse_and_classify
 from monitor.types import FeedState, ParsedFeed, PollOutcome
 from storage.repo import PollWrite, Repository, StoreResult
@@ -160,14 +160,15 @@ class Poller:
     ) -> FeedReport:
         # Fetched bodies and parsed items wait for the parse pool and the one storage
         # thread: bound how many feeds are between fetch and store, or a fast network
-        # and a slow disk pile thousands of them up in memory.
+        # and a slow disk pile thousands of them up in memory. A feed takes its turn at
+        # its host first: a slow outlet's queue of due feeds must not hold those slots.
         if self._slots is None:
             self._slots = asyncio.Semaphore(2 * self.config.defaults.concurrency)
-        async with self._slots:
-            return await self._poll_feed(feed, state)
+        async with self.fetcher.turn(feed.url) as turn, self._slots:
+            return await self._poll_feed(feed, state, turn)
 
     async def _poll_feed(
-        self, feed: FeedConfig, state: FeedState | Unknown | None = UNKNOWN
+        self, feed: FeedConfig, state: FeedState | Unknown | None, turn: HostTurn
     ) -> FeedReport:
         if state is UNKNOWN:
             state = await self.db(self.repo.feed_state, feed.name)
@@ -181,6 +182,7 @@ class Poller:
                 etag=state.etag if same_url else None,
                 last_modified=state.last_modified if same_url else None,
                 timeout=self.config.timeout(feed).total_seconds(),
+                turn=turn,
             )
             ms = fetched.elapsed_ms
             if fetched.body is None:

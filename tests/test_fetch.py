@@ -369,3 +369,23 @@ def test_a_host_being_fetched_keeps_its_connection(feed_server: FeedServer) -> N
     finally:
         for s in others:
             s.close()
+
+
+def test_a_host_turn_is_good_for_one_fetch_once_taken(feed_server: FeedServer) -> None:
+    url = feed_server.add("/feed", BODY)
+
+    async def go() -> None:
+        fetcher = Fetcher(user_agent="reelwatch-test")
+        try:
+            turn = fetcher.turn(url)
+            with pytest.raises(RuntimeError, match="taken"):
+                await fetcher.fetch(url, turn=turn)  # not waited for: no slot held
+            async with turn:
+                assert (await fetcher.fetch(url, turn=turn)).body == BODY
+                with pytest.raises(RuntimeError, match="one fetch"):
+                    await fetcher.fetch(url, turn=turn)  # its slot went back with the fetch
+        finally:
+            await fetcher.aclose()
+
+    asyncio.run(go())
+    assert len(feed_server.seen("/feed")) == 1

@@ -381,3 +381,53 @@ def test_a_run_of_one_slow_outlets_feeds_does_not_hold_up_another_host(
     took = {feed: at - started for feed, at in done.items()}
     assert len(took) == 7 and store.count_items() == 7 * 20
     assert took["other"] < 1.5 <= min(t for f, t in took.items() if f != "other"), took
+
+
+def test_one_slow_outlets_due_feeds_do_not_hold_up_another_hosts_in_the_service(
+    feed_server: FeedServer, tmp_path: Path
+) -> None:
+    """`reelwatch run` polls each due feed as its own job: eight feeds of one slow outlet
+    due together (two polled at a time, 1.5 s each) must not take the eight slots every
+    feed between fetch and store shares (2 x concurrency 4), leaving another host's feed
+    due with them to wait: it was polled after 6 s, behind them."""
+    body = fixture(ARS)
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(1.5)
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    feeds = {f"outlet{i}": feed_server.add(f"/section{i}", handler=slow) for i in range(8)}
+    other = FeedServerAt("127.0.0.2")
+    try:
+        feeds["other"] = other.add("/feed", body)
+        config = load_config(write_config(tmp_path, feeds, concurrency="4", timeout="20s"))
+        store = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+        store.create_schema()
+        poller = Poller(config, store, router=None, parse_workers=1)
+        done: dict[str, float] = {}
+
+        async def job(feed: FeedConfig) -> None:
+            report = await poller.poll_feed(feed)
+            done[report.feed] = time.monotonic()
+
+        async def go() -> float:
+            try:
+                outlets, (last,) = config.feeds[:-1], config.feeds[-1:]
+                jobs = [asyncio.create_task(job(f)) for f in outlets]
+                await asyncio.sleep(0.1)  # the outlet's jobs are all waiting or fetching
+                started = time.monotonic()
+                await asyncio.gather(*jobs, job(last))
+                return started
+            finally:
+                await poller.aclose()
+
+        started = asyncio.run(go())
+    finally:
+        other.close()
+    took = {feed: at - started for feed, at in done.items()}
+    assert len(took) == 9 and store.count_items() == 9 * 20
+    assert took["other"] < 1.0, took
+    assert max(took.values()) > 5.5  # the outlet was still asked two feeds at a time

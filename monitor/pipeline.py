@@ -131,6 +131,11 @@ class Poller:
         self.router = router
         self.repo.configure_stories(config.stories.rules(), self._gate)
 
+    def _in_flight(self) -> int:
+        """How many feeds may be between fetch and store: twice the fetches at a time,
+        so that parsing and storing never leave the fetcher idle."""
+        return 2 * self.config.defaults.concurrency
+
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
@@ -163,7 +168,7 @@ class Poller:
         # and a slow disk pile thousands of them up in memory. A feed takes its turn at
         # its host first: a slow outlet's queue of due feeds must not hold those slots.
         if self._slots is None:
-            self._slots = asyncio.Semaphore(2 * self.config.defaults.concurrency)
+            self._slots = asyncio.Semaphore(self._in_flight())
         async with self.fetcher.turn(feed.url) as turn, self._slots:
             return await self._poll_feed(feed, state, turn)
 
@@ -301,7 +306,7 @@ class Poller:
                 if on_done:
                     on_done(report)
 
-        await asyncio.gather(*(poller() for _ in range(2 * self.config.defaults.concurrency)))
+        await asyncio.gather(*(poller() for _ in range(self._in_flight())))
         return summary
 
 

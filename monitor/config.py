@@ -27,12 +27,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from monitor import USER_AGENT
 from monitor.classify.engine import RuleError, RuleSet, TopicRule, WatchlistRule, compile_rules
 from monitor.errors import ConfigError, ConfigProblem
-from monitor.normalize import canonical_url, is_http_url, language_code
+from monitor.normalize import LANGUAGE_SLIPS, canonical_url, is_http_url, language_code
 
 DEFAULT_CONFIG = "feeds.yaml"
 
@@ -77,10 +79,15 @@ def _language(value: Any) -> str:
     if code is None:
         raise PydanticCustomError(
             "language",
-            "'{value}' is not an ISO 639-1 language code like en or it",
-            {"value": str(value)},
+            "'{value}' is not an ISO 639-1 language code like en or it{hint}",
+            {"value": str(value), "hint": _slip(value)},
         )
     return code
+
+
+def _slip(value: Any) -> str:
+    code = str(value).strip().lower()[:2]
+    return f" ({LANGUAGE_SLIPS[code]}?)" if code in LANGUAGE_SLIPS else ""
 
 
 def _query(value: Any) -> dict[str, str]:
@@ -107,8 +114,8 @@ def _query(value: Any) -> dict[str, str]:
             if key != "all" and language_code(key) != key:
                 raise PydanticCustomError(
                     "query",
-                    "'{lang}' is not all or an ISO 639-1 language code like en or it",
-                    {"lang": key},
+                    "'{lang}' is not all or an ISO 639-1 language code like en or it{hint}",
+                    {"lang": key, "hint": _slip(key)},
                 )
             out[key] = one(v)
         return out
@@ -117,7 +124,9 @@ def _query(value: Any) -> dict[str, str]:
 
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 Language = Annotated[str, BeforeValidator(_language)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+Name = Annotated[str, Field(pattern=_NAME_PATTERN)]
 
 
 class _Model(BaseModel):
@@ -237,7 +246,7 @@ def digest_problems(digest: DigestConfig) -> Iterator[tuple[str, str]]:
 
 
 class DigestConfig(_Model):
-    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]]
+    to: list[Annotated[str, Field(pattern=_EMAIL_PATTERN)]]
     topics: list[str] = []
     schedule: str = "0 8 * * mon"
     timezone: str = "UTC"
@@ -298,19 +307,33 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get("REELWATCH_CONFIG") or DEFAULT_CONFIG)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate feeds.yaml; raise ConfigError naming every problem's line."""
+def load_config(path: str | os.PathLike[str], *, empty_ok: bool = False) -> Config:
+    """Read and validate feeds.yaml; raise ConfigError naming every problem's line.
+    An empty file is refused (a service reading one would stop monitoring without a
+    word) unless `empty_ok`: a file `feeds add` is about to fill."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (set --config or REELWATCH_CONFIG)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse_config(text, str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start : exc.start + 1].hex()
+        raise ConfigError(
+            [ConfigProblem(str(path), line, column, "", f"byte 0x{byte} is not UTF-8: save "
+                           "the file as UTF-8 (an editor's encoding setting)")]
+        ) from None  # fmt: skip
+    return parse_config(text, str(path), empty_ok=empty_ok)
 
 
-def parse_config(text: str, filename: str = DEFAULT_CONFIG, *, fast: bool = True) -> Config:
+def parse_config(
+    text: str, filename: str = DEFAULT_CONFIG, *, fast: bool = True, empty_ok: bool = False
+) -> Config:
     config = _parse_valid(text) if fast else None
     if config is not None:
         return config
@@ -318,41 +341,132 @@ def parse_config(text: str, filename: str = DEFAULT_CONFIG, *, fast: bool = True
         yaml = YAML(typ="rt")
         yaml.preserve_quotes = True  # to point inside a quoted query at the error
         data = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = " ".join(p for p in (exc.context, exc.problem) if p)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    except YAMLError as exc:
+        raise ConfigError([_yaml_problem(filename, text, exc)]) from None
+    if (data is None or data == {}) and empty_ok:
+        return Config()
+    if data is None or data == {}:
         raise ConfigError(
-            [ConfigProblem(filename, line, col, "", f"YAML syntax: {message}")]
-        ) from None
-    if data is None:
-        data = CommentedMap()
+            [ConfigProblem(filename, 1, 1, "", "the file is empty: it needs feeds: and topics: "
+                           "(the shipped feeds.yaml shows them)")]
+        )  # fmt: skip
     if not isinstance(data, CommentedMap):
         raise ConfigError(
-            [
-                ConfigProblem(
-                    filename, 1, 1, "", "the file must be a mapping with feeds: and topics:"
-                )
-            ]
-        )
+            [ConfigProblem(filename, 1, 1, "", "the file must be a mapping with feeds: and "
+                           "topics:")]
+        )  # fmt: skip
+    # what YAML reads without a word, but not as the user meant: a pasted secret, a
+    # value that starts with # (a comment to YAML: `default_channel: #ai-news` is empty)
+    found = {p.key: p for p in _suspicious(filename, text, data)}
     try:
         config = Config.model_validate(_plain(data))
     except ValidationError as exc:
-        problems = _dedupe(_problem(filename, data, err) for err in exc.errors())
+        problems = [*found.values()] + [
+            p for p in _dedupe(_problem(filename, text, data, e) for e in exc.errors())
+            if p.key not in found
+        ]  # fmt: skip
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column))) from None
-    problems = list(_cross_checks(filename, data, config))
+    problems = [*found.values(), *_cross_checks(filename, data, config)]
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _yaml_problem(filename: str, text: str, exc: YAMLError) -> ConfigProblem:
+    """What ruamel.yaml could not read, where, in words a user acts on."""
+    if isinstance(exc, ReaderError):  # a character YAML refuses, anywhere in the file
+        line, col = _line_column(text, exc.position)
+        char = exc.character  # its code (an int), or the character
+        code = f"U+{char if isinstance(char, int) else ord(char[:1] or chr(0)):04X}"
+        return ConfigProblem(
+            filename, line, col, "", f"the control character {code} is not allowed: delete it"
+        )
+    if not isinstance(exc, MarkedYAMLError):
+        return ConfigProblem(filename, 1, 1, "", f"YAML: {_redacted(str(exc))}")
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    if isinstance(exc, DuplicateKeyError):  # its text quotes both values whole
+        key = re.match(r'found duplicate key "(.*?)" with value', exc.problem or "")
+        name = key.group(1) if key else "?"
+        first = exc.context_mark.line + 1 if exc.context_mark else line
+        return ConfigProblem(
+            filename, line, col, "", f"duplicate key {name!r}: the mapping that starts on "
+            f"line {first} has it already (a key is given once: merge the two)",
+        )  # fmt: skip
+    message = " ".join(p for p in (exc.context, exc.problem) if p)
+    hint = next((h for pattern, h in _YAML_HINTS if pattern in message), "")
+    return ConfigProblem(filename, line, col, "", f"YAML syntax: {_redacted(message)}{hint}")
+
+
+_YAML_HINTS = (
+    ("mapping values are not allowed here", " (a value holding ': ' must be quoted: "
+     "label: 'Deals: more')"),
+    ("expected <block end>", " (check the indentation of this line and the ones above; "
+     "a query starting with a quote must be quoted whole: '\"a phrase\" OR word')"),
+    ("found character '\\t'", " (indent with spaces, not tabs)"),
+)  # fmt: skip
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+# Secrets come from the environment; one pasted in feeds.yaml would be printed, logged
+# and posted wherever the file is shown.
+_SECRET = re.compile(r"xox[abposre]-[A-Za-z0-9-]{6,}|https?://hooks\.slack\.com/\S+")
+_SECRET_KEY = re.compile(r"token|password|passwd|secret|webhook|api_?key", re.I)
+
+
+def _redacted(text: str) -> str:
+    return _SECRET.sub("[secret removed]", text)
+
+
+def _suspicious(filename: str, text: str, data: Any) -> Iterator[ConfigProblem]:
+    """Problems YAML and the models let through: a secret pasted as any value, and a
+    value starting with # (YAML reads an empty value and a comment)."""
+    lines = text.splitlines()
+    stack: list[tuple[Any, tuple]] = [(data, ())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, CommentedMap):
+            entries = [(k, v, node.lc.key(k), node.lc.value(k)) for k, v in node.items()]
+        elif isinstance(node, CommentedSeq):
+            entries = [(i, v, node.lc.item(i), node.lc.item(i)) for i, v in enumerate(node)]
+        else:
+            continue
+        for key, value, (kline, kcol), (vline, vcol) in entries:
+            here = (*loc, key)
+            if isinstance(value, str) and _SECRET.search(value):
+                yield ConfigProblem(filename, vline + 1, vcol + 1, _key_path(here), _SECRET_HELP)
+            elif value is None and isinstance(key, str):
+                rest = lines[kline][kcol:].partition(":")[2].lstrip() if kline < len(lines) else ""
+                if rest[:1] == "#" and rest[1:2].strip():  # "#ai-news", not "# a comment"
+                    quote = "'" if '"' in rest else '"'
+                    yield ConfigProblem(
+                        filename, kline + 1, kcol + 1, _key_path(here),
+                        f"is empty: YAML reads {rest!r} as a comment; write it in quotes: "
+                        f"{key}: {quote}{rest}{quote}",
+                    )  # fmt: skip
+            else:
+                stack.append((value, here))
+
+
+_SECRET_HELP = (
+    "looks like a Slack token or webhook URL: secrets do not belong in feeds.yaml (it "
+    "is printed, logged, shared); remove it and set REELWATCH_SLACK_BOT_TOKEN or "
+    "REELWATCH_SLACK_WEBHOOK_URL in the environment"
+)
 
 
 def _parse_valid(text: str) -> Config | None:
     """The config of a valid file, read by the C scanner (ruamel.yaml.clib), several times
     faster than the round-trip loader; None at the first problem, which the round-trip
     loader then reads again to name its line and column. Both resolve YAML 1.2 alike."""
+    if _SECRET.search(text):
+        return None
     try:
         data = YAML(typ="safe").load(text)
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not data or _has_empty_value(data):
             return None
         config = Config.model_validate(_plain(data))
         # the checks name positions only once they find a problem: any is left to the
@@ -362,6 +476,15 @@ def _parse_valid(text: str) -> Config | None:
     except Exception:  # whatever it is, the careful reading says it well
         return None
     return None
+
+
+def _has_empty_value(node: Any) -> bool:
+    """Whether a key has no value: the careful reading says whether it was meant so."""
+    if isinstance(node, dict):
+        return any(v is None or _has_empty_value(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_empty_value(v) for v in node)
+    return False
 
 
 def _plain(node: Any) -> Any:
@@ -399,24 +522,46 @@ def _position(data: Any, loc: tuple[Any, ...], *, at_key: bool = False) -> tuple
 _OWN_MESSAGES = {"duration", "http_url", "language", "query", "too_short"}
 
 
-def _problem(filename: str, data: Any, err: Any) -> ConfigProblem:
+def _problem(filename: str, text: str, data: Any, err: Any) -> ConfigProblem:
     loc = tuple(err["loc"])
     kind = err["type"]
-    line, col, found = _position(data, loc, at_key=kind == "extra_forbidden")
+    value = err.get("input")
+    empty = value is None and kind not in ("missing", "extra_forbidden")
+    line, col, found = _position(data, loc, at_key=kind == "extra_forbidden" or empty)
     message = err["msg"]
     if kind == "extra_forbidden":
         message = f"unknown key {loc[-1]!r}"
+        if _SECRET_KEY.search(str(loc[-1])):
+            message += (
+                ": secrets come from the environment (REELWATCH_SLACK_BOT_TOKEN, "
+                "REELWATCH_SLACK_WEBHOOK_URL, REELWATCH_SMTP_PASSWORD), never from feeds.yaml"
+            )
         found = loc
     elif kind == "missing":
         message = f"missing required key {loc[-1]!r}"
         found = loc
+    elif empty and found == loc:
+        message = "is empty: give it a value (or delete the line)"
+    elif kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern")
+        message = _PATTERN_MESSAGES.get(pattern, message) + f" (got {value!r})"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be keys with values, one per line (name: value)"
+        if isinstance(value, str | int | float | bool):
+            message += f", not {value!r}"
     elif kind not in _OWN_MESSAGES:
         message = message.removeprefix("Value error, ")
         message = message[:1].lower() + message[1:]
-        value = err.get("input")
         if isinstance(value, str | int | float | bool):
             message += f" (got {value!r})"
-    return ConfigProblem(filename, line + 1, col + 1, _key_path(found or loc), message)
+    return ConfigProblem(filename, line + 1, col + 1, _key_path(found or loc), _redacted(message))
+
+
+_PATTERN_MESSAGES = {
+    _NAME_PATTERN: "names are letters, digits and - _ . (no spaces; up to 64 characters, "
+    "starting with a letter or digit)",
+    _EMAIL_PATTERN: "is not an email address",
+}
 
 
 def _node(data: Any, loc: tuple[Any, ...]) -> Any:
@@ -433,6 +578,18 @@ def _dedupe(problems: Iterator[ConfigProblem]) -> list[ConfigProblem]:
             seen.add((p.line, p.column, p.key))
             out.append(p)
     return out
+
+
+def _topic_problem(config: Config, topic: str) -> str | None:
+    """Why a route or digest cannot take items of `topic`, if it cannot."""
+    if topic not in config.topics:
+        return f"unknown topic {topic!r}"
+    if config.topics[topic].hidden:
+        return (
+            f"topic {topic!r} is hidden (a building block other topics use as #{topic}) and "
+            "is never given to an item: name a topic that uses it"
+        )
+    return None
 
 
 def _cross_checks(filename: str, data: Any, config: Config) -> Iterator[ConfigProblem]:
@@ -475,14 +632,14 @@ def _cross_checks(filename: str, data: Any, config: Config) -> Iterator[ConfigPr
         if not route.topics and not route.feeds:
             yield at(("slack", "routes", i), "a route needs topics: or feeds:")
         for j, topic in enumerate(route.topics):
-            if topic not in config.topics:
-                yield at(("slack", "routes", i, "topics", j), f"unknown topic {topic!r}")
+            if problem := _topic_problem(config, topic):
+                yield at(("slack", "routes", i, "topics", j), problem)
         for j, feed in enumerate(route.feeds):
             if feed not in feed_names:
                 yield at(("slack", "routes", i, "feeds", j), f"unknown feed {feed!r}")
     for name, digest in config.digests.items():
         for j, topic in enumerate(digest.topics):
-            if topic not in config.topics:
-                yield at(("digests", name, "topics", j), f"unknown topic {topic!r}")
+            if problem := _topic_problem(config, topic):
+                yield at(("digests", name, "topics", j), problem)
         for key, problem in digest_problems(digest):
             yield at(("digests", name, key), problem)

@@ -256,8 +256,9 @@ def remove_entry(text: str, name: str) -> str:
 
 
 def read_feeds_file(path: str | os.PathLike[str]) -> tuple[str, Config]:
-    """The file's exact text (line endings kept) and its validated config."""
-    config = load_config(path)
+    """The file's exact text (line endings kept) and its validated config (an empty
+    file is one to add feeds to)."""
+    config = load_config(path, empty_ok=True)
     with open(path, encoding="utf-8", newline="") as f:
         return f.read(), config
 

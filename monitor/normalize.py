@@ -159,9 +159,28 @@ def plausible_published(candidate: datetime | None, now: datetime) -> datetime:
 _LANG = re.compile(r"^([A-Za-z]{2})(?:[-_][A-Za-z0-9]{1,8})*$")
 
 
+# ISO 639-1: the two-letter codes feeds and feeds.yaml name languages by
+ISO_639_1 = frozenset(
+    "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu "
+    "cv cy da de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi "
+    "ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks "
+    "ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl "
+    "nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl "
+    "sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve "
+    "vi vo wa wo xh yi yo za zh zu".split()
+)
+# codes people write for a country or an old standard, and the language's code
+LANGUAGE_SLIPS = {"jp": "ja", "cn": "zh", "gr": "el", "dk": "da", "cz": "cs", "ua": "uk",
+                  "iw": "he", "in": "id", "ji": "yi", "gb": "en", "us": "en"}  # fmt: skip
+
+
 def language_code(value: str | None) -> str | None:
     """ISO 639-1 code from a language tag ('en-US' -> 'en'); None when it is not one."""
     if not value:
         return None
     match = _LANG.match(value.strip())
-    return match.group(1).lower() if match else None
+    if not match:
+        return None
+    code = match.group(1).lower()
+    code = LANGUAGE_SLIPS.get(code, code) if code in ("iw", "in", "ji") else code
+    return code if code in ISO_639_1 else None

@@ -237,7 +237,9 @@ class Service:
     def _send_notice(self, message: SlackMessage) -> Any:
         """Post a notice to the Slack default channel (stdout without Slack); in a thread.
         A bot token with no default channel has nowhere to post: the log line says it all."""
-        channel = make_router(self.config.slack, self.slack.transport).default_channel
+        router = make_router(self.config.slack, self.slack.transport)
+        # a webhook posts to its own channel; without Slack, stdout: neither needs a name
+        channel = router.default_channel if router.transport == "bot" else router.transport
         if channel is None:
             return None
         self._pacer.wait(channel)

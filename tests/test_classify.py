@@ -66,6 +66,9 @@ def one(query: str, **kw) -> RuleSet:
         ("SAG-AFTRA", "SAG AFTRA reaches a deal", True),
         ('"diritto d autore"', "La causa sul diritto d\u2019autore", True),  # a ’ too
         ('"diritto d autore"', "Il diritto d'autore e l'IA", True),
+        ("\u201cdigital replica\u201d OR deepfake", "Digital replica rules", True),  # curly
+        ("\u00abintelligenza artificiale\u00bb", "L'intelligenza artificiale al cinema", True),
+        ('"and" AND AI', "Lionsgate and Runway: the AI deal", True),  # a quoted word
     ],
 )
 def test_query_language(query: str, title: str, matches: bool) -> None:

@@ -86,7 +86,8 @@ def refusal(text: str) -> list[str]:
             GOOD.replace(
                 "defaults:\n  interval: 10m", "defaults:\n  interval: 10m\n  interval: 5m"
             ),
-            "feeds.yaml:3:3: YAML syntax: ",
+            "feeds.yaml:3:3: duplicate key 'interval': the mapping that starts on line 2 has "
+            "it already",
         ),
         (  # unknown top-level section
             GOOD + "sources: []\n",
@@ -95,6 +96,61 @@ def refusal(text: str) -> list[str]:
         (
             GOOD.replace("query: [AI, intelligenza artificiale]", "query: 42"),
             "feeds.yaml:11:26: topics.ai.query: must be a query, or a list of keywords and phrases",
+        ),
+        (  # a control character pasted in: YAML refuses it; the line is named, no traceback
+            GOOD.replace("label: AI,", "label: A\x00I,"),
+            "feeds.yaml:11:16: the control character U+0000 is not allowed: delete it",
+        ),
+        (  # nothing but comments: the service would stop monitoring without a word
+            "# feeds:\n#   - name: thr\n",
+            "feeds.yaml:1:1: the file is empty: it needs feeds: and topics:",
+        ),
+        (  # a channel written bare is a comment to YAML: default_channel would be empty
+            GOOD + "slack:\n  default_channel: #ai-news\n",
+            "feeds.yaml:13:3: slack.default_channel: is empty: YAML reads '#ai-news' as a "
+            'comment; write it in quotes: default_channel: "#ai-news"',
+        ),
+        (  # an empty value is named at its key, not at the next key's line
+            GOOD.replace("  ai: {label", "  zebra:\n  ai: {label"),
+            "feeds.yaml:11:3: topics.zebra: is empty: give it a value",
+        ),
+        (  # every feed commented out
+            GOOD.replace("feeds:\n", "feeds:\n#")
+            .replace("\n  - name: thr-roma", "\n#  - name: thr-roma")
+            .replace("\n    url", "\n#    url")
+            .replace("\n    lang", "\n#    lang")
+            .replace("\n    interval: 1h", "\n#    interval: 1h"),
+            "feeds.yaml:3:1: feeds: is empty: give it a value",
+        ),
+        (  # a name with a space: said in words, not as a regular expression
+            GOOD.replace("name: thr-roma", "name: THR Roma"),
+            "feeds.yaml:6:11: feeds[1].name: names are letters, digits and - _ . (no spaces; "
+            "up to 64 characters, starting with a letter or digit) (got 'THR Roma')",
+        ),
+        (  # a bare URL where a feed's keys go
+            GOOD.replace(
+                "  - name: thr\n    url: https://www.hollywoodreporter.com/feed/",
+                "  - https://www.hollywoodreporter.com/feed/",
+            ),
+            "feeds.yaml:4:5: feeds[0]: must be keys with values, one per line (name: value), "
+            "not 'https://www.hollywoodreporter.com/feed/'",
+        ),
+        (  # a country's code for a language
+            GOOD.replace("language: it", "language: jp"),
+            "feeds.yaml:8:15: feeds[1].language: 'jp' is not an ISO 639-1 language code like "
+            "en or it (ja?)",
+        ),
+        (  # a route to a building block: it never fires
+            GOOD.replace("  ai: {label: AI,", "  ai: {hidden: true, label: AI,")
+            + "  use: {label: Use, query: '#ai'}\n"
+            + "slack:\n  routes:\n    - {topics: [ai], channel: '#ai'}\n",
+            "feeds.yaml:15:17: slack.routes[0].topics[0]: topic 'ai' is hidden (a building "
+            "block other topics use as #ai) and is never given to an item",
+        ),
+        (  # a duplicate section is named, not quoted whole
+            GOOD + "topics:\n  b: {label: B, query: B}\n",
+            "feeds.yaml:12:1: duplicate key 'topics': the mapping that starts on line 1 has "
+            "it already",
         ),
     ],
 )
@@ -135,12 +191,82 @@ def test_broken_file_names_file_line_column_and_key(text: str, expected: str) ->
             "  ai: {label: AI, query: {en: AI, italian: IA}}",
             "feeds.yaml:11:26: topics.ai.query: 'italian' is not all or an ISO 639-1",
         ),
+        (  # the slips that would make a topic never (or always) match, said
+            '  ai: {label: AI, query: "AI and film"}',
+            "feeds.yaml:11:30: topics.ai.query: 'and' in lower case is a word to look for: "
+            'write AND for the operator, or "and" in quotes for the word',
+        ),
+        (
+            '  ai: {label: AI, query: "AI film not robot"}',
+            "feeds.yaml:11:35: topics.ai.query: 'not' in lower case",
+        ),
+        (
+            '  ai: {label: AI, query: "AI|KI film"}',
+            "feeds.yaml:11:27: topics.ai.query: 'AI|KI' looks like a regular expression: "
+            "queries use OR for alternatives and a * at the end of a word",
+        ),
+        (
+            '  ai: {label: AI, query: "deepfake.* AND film"}',
+            "feeds.yaml:11:27: topics.ai.query: 'deepfake.*' looks like a regular expression",
+        ),
+        (
+            '  ai: {label: AI, query: "AI, film, cinema"}',
+            "feeds.yaml:11:27: topics.ai.query: a comma is not an operator: separate "
+            "alternatives with OR",
+        ),
+        (
+            '  ai: {label: AI, query: "AI near/5 film"}',
+            "feeds.yaml:11:30: topics.ai.query: NEAR is written in capitals, like NEAR/10",
+        ),
+        (
+            '  ai: {label: AI, query: "AI NEAR/0 film"}',
+            "feeds.yaml:11:30: topics.ai.query: NEAR needs a distance of 1 word or more",
+        ),
+        (
+            '  ai: {label: AI, query: "title: (AI OR KI)"}',
+            "feeds.yaml:11:27: topics.ai.query: no space goes after 'title:': write "
+            "title:(AI OR KI) or title:AI",
+        ),
+        (
+            '  ai: {label: AI, query: "' + "(" * 60 + "AI" + ")" * 60 + '"}',
+            "feeds.yaml:11:77: topics.ai.query: parentheses nested more than 50 deep",
+        ),
     ],
 )
 def test_bad_queries_are_refused_with_their_position(topics: str, expected: str) -> None:
     text = GOOD.replace("  ai: {label: AI, query: [AI, intelligenza artificiale]}", topics)
     problems = refusal(text)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "slack",
+    [
+        "slack:\n  default_channel: xoxb-1234567890-abcdefSECRET\n",
+        "slack: https://hooks.slack.com/services/T000/B000/abcdefSECRET\n",
+        "slack:\n  bot_token: xoxb-1234567890-abcdefSECRET\n",
+        "slack:\n  default_channel: '#ai'\n  webhook: https://hooks.slack.com/services/SECRET\n",
+    ],
+)
+def test_a_secret_pasted_in_the_file_is_refused_and_never_repeated(slack: str) -> None:
+    problems = refusal(GOOD + slack)
+    assert problems and not any("SECRET" in p for p in problems), problems
+    assert any(
+        "looks like a Slack token or webhook URL: secrets do not belong in feeds.yaml" in p
+        and "REELWATCH_SLACK_BOT_TOKEN" in p
+        for p in problems
+    ), problems
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.yaml"
+    path.write_bytes(GOOD.replace("label: AI", "label: Caf\u00e9").encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}:11:18: byte 0xe9 is not UTF-8: save the file as UTF-8 (an editor's encoding "
+        "setting)"
+    )
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -88,6 +88,9 @@ def test_plausible_published(candidate: datetime | None, expected: datetime) -> 
         ("de", "de"),
         ("", None),
         ("english", None),
+        ("jp", None),  # two letters, but no language's: Japanese is ja
+        ("xx", None),
+        ("iw", "he"),  # the code Hebrew had before 1989, still in some feeds
     ],
 )
 def test_language_code(tag: str, code: str | None) -> None:

@@ -127,6 +127,33 @@ def test_apply_reschedules_feeds_and_swaps_the_rules_and_routes(feed_server: Fee
     assert [d.channel for d in repo.deliveries()] == ["#music"]
 
 
+def test_without_slack_a_refused_edit_is_printed_not_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No token, no webhook: the refusal notice goes to stdout like the alerts, even with
+    a default_channel in the file (it was 'REELWATCH_SLACK_BOT_TOKEN is not set')."""
+    path = tmp_path / "feeds.yaml"
+    path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml"}))
+    config = parse_config(path.read_text())
+    repo = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    repo.create_schema()
+    slack = SlackSettings(webhook_url=None, bot_token=None, api_url="http://127.0.0.1:9/")
+
+    async def scenario() -> None:
+        poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
+        service = Service(config, poller, slack, path)
+        try:
+            path.write_text("\x00")
+            await service.reload()
+        finally:
+            await poller.aclose()
+
+    asyncio.run(scenario())
+    out = capsys.readouterr().out
+    assert "was refused" in out and "the control character U+0000 is not allowed" in out
+    assert "notice not sent" not in caplog.text and "config refused" in caplog.text
+
+
 def feeds_yaml(feeds: dict[str, str], broken: bool = False) -> str:
     lines = ["defaults:", "  interval: 1m", "  timeout: 5s", "feeds:"]
     for name, url in feeds.items():

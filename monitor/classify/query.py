@@ -98,7 +98,38 @@ class _Tok:
     prefix: bool = False
 
 
+# Curly and angled quotes a word processor or a keyboard layout puts in: read as ".
+# One character for one, so positions in the query stay right.
+_QUOTES = str.maketrans({c: '"' for c in "\u201c\u201d\u201e\u201f\u00ab\u00bb"})
+# What is written as a regular expression, which queries are not: AI|KI, film(s)?, deepfake.*
+_REGEX_LIKE = re.compile(r"[|\\\[\]{}]|\.\*|^\?|\)\?|^\^|\$$")
+_MAX_DEPTH = 50  # parentheses in parentheses; deeper is no query a person writes
+
+
+def _word_problem(word: str) -> str | None:
+    """Why a bare word is not what its writer meant, if it is one of the usual slips."""
+    lower = word.lower()
+    if lower in ("and", "or", "not"):
+        return (
+            f"{word!r} in lower case is a word to look for: write {word.upper()} for the "
+            f'operator, or "{word}" in quotes for the word'
+        )
+    if re.fullmatch(r"near(/\d*)?", lower):
+        return f"NEAR is written in capitals, like NEAR/10 (not {word!r})"
+    if word.endswith((",", ";")):
+        return "a comma is not an operator: separate alternatives with OR (AI OR film)"
+    if _REGEX_LIKE.search(word):
+        return (
+            f"{word!r} looks like a regular expression: queries use OR for alternatives "
+            "and a * at the end of a word for its endings (film*)"
+        )
+    if word.endswith(":") and word[:-1].lower() in FIELDS:
+        return f"no space goes after {word!r}: write {word}(AI OR KI) or {word}AI"
+    return None
+
+
 def _tokens(text: str) -> list[_Tok]:
+    text = text.translate(_QUOTES)
     out: list[_Tok] = []
     pos = 0
     while pos < len(text):
@@ -121,6 +152,8 @@ def _tokens(text: str) -> list[_Tok]:
         elif m.group("open"):
             raise QueryError('a quote (") is not closed', pos)
         elif m.group("near"):
+            if int(m.group("dist")) < 1:
+                raise QueryError("NEAR needs a distance of 1 word or more, like NEAR/10", pos)
             out.append(_Tok("NEAR", m.group("dist"), pos))
         elif m.group("badnear"):
             raise QueryError("NEAR needs a distance in words, like NEAR/10", pos)
@@ -138,6 +171,8 @@ def _tokens(text: str) -> list[_Tok]:
                     raise QueryError(f"{word!r} is not a watchlist (@name) or topic (#name)", pos)
                 out.append(_Tok("watch" if word[0] == "@" else "topic", word[1:], pos))
             else:
+                if problem := _word_problem(word):
+                    raise QueryError(problem, pos)
                 prefix = word.endswith("*")
                 core = word.rstrip("*")
                 if not core or "*" in core:
@@ -153,6 +188,7 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> _Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -215,7 +251,11 @@ class _Parser:
             raise QueryError("the query ends where a term was expected", len(self.text))
         if tok.kind == "(":
             self.take()
+            self.depth += 1
+            if self.depth > _MAX_DEPTH:
+                raise QueryError(f"parentheses nested more than {_MAX_DEPTH} deep", tok.pos)
             node = self.or_()
+            self.depth -= 1
             close = self.peek()
             if close is None or close.kind != ")":
                 raise QueryError("a ( is not closed", tok.pos)

@@ -111,10 +111,14 @@ def dispatch_pending(
         leads = [d for d in deliveries if _leads(stories.get(d.stored.id))]
         followers = [d for d in deliveries if not _leads(stories.get(d.stored.id))]
         if len(leads) > burst and channel != "console":
-            items = [(d.stored.item, d.stored.matches) for d in leads]
-            message = render_summary(items, titles)
-            report += _send(repo, sender_for, pacer, channel, message, leads, now,
-                            stories=[stories.get(d.stored.id) for d in leads])  # fmt: skip
+            held = repo.hold_deliveries(leads, now)
+            leads = [d for d in leads if d.id in held]
+            if leads:
+                items = [(d.stored.item, d.stored.matches) for d in leads]
+                message = render_summary(items, titles)
+                # not the stories' message: a later report of one of them alerts on its
+                # own, never replies under (or rewrites) a summary of many
+                report += _send(repo, sender_for, pacer, channel, message, leads, now)
         else:
             for d in leads:
                 if stopping():  # a shutdown: the rest stay pending (their claim runs out)
@@ -193,8 +197,8 @@ def _follow_up(
         if repo.delivery_status(story.lead_item_id, channel) == "pending":
             repo.mark_delivery_retry(d.id, "waiting for the story's alert", now + WAIT_FOR_LEAD)
             return DispatchReport(waiting=1)
-        # the story's alert never reached this channel (another route, or it failed):
-        # this report alerts in its place
+        # the story's alert never reached this channel (another route, a summary of
+        # many, or it failed): this report alerts in its place
         message = render_alert(d.stored.item, d.stored.matches, titles.get(d.stored.item.feed))
         return _send(repo, sender_for, pacer, channel, message, [d], now, stories=[story])
     channel_id, ts = parent
@@ -235,6 +239,10 @@ def _send(
     stories: Sequence[StoryInfo | None] = (),
     thread_ts: str | None = None,
 ) -> DispatchReport:
+    held = repo.hold_deliveries(deliveries, now)
+    deliveries = [d for d in deliveries if d.id in held]
+    if not deliveries:  # another worker took them: it sends them
+        return DispatchReport()
     try:
         pacer.wait(channel)
         sender = sender_for(channel)

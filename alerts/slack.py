@@ -207,7 +207,7 @@ class SlackBotSender:
         )  # fmt: skip
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        from slack_sdk.errors import SlackApiError
+        from slack_sdk.errors import SlackApiError, SlackRequestError
 
         channel = str(kwargs.get("channel", ""))
         try:
@@ -227,6 +227,11 @@ class SlackBotSender:
             if (status and status >= 500) or not error:
                 raise DeliveryError(f"Slack answered HTTP {status}", channel=channel) from None
             raise DeliveryError(f"Slack refused the message: {error}", channel=channel) from None
+        except SlackRequestError:  # "Invalid URL detected": never reaches the network
+            raise DeliveryError(
+                "REELWATCH_SLACK_API_URL is not an http(s):// URL (quotes an env file kept?)",
+                channel=channel, permanent=True,
+            ) from None  # fmt: skip
         except OSError as exc:  # urllib's URLError, timeouts, refused connections
             raise DeliveryError(f"cannot reach Slack: {exc}", channel=channel) from None
         return dict(response.data) if isinstance(response.data, Mapping) else {}
@@ -243,14 +248,26 @@ class SlackWebhookSender:
     threads = False  # a webhook can neither reply in a thread nor update
 
     def send(self, channel: str, message: SlackMessage) -> dict[str, Any]:
+        from slack_sdk.errors import SlackRequestError
+
+        # an exception's text may carry the webhook URL, which is a secret: never shown
         try:
             response = self._client.send(
                 text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
             )
+        except SlackRequestError:  # "Invalid URL detected: <the secret>"
+            raise DeliveryError(
+                "REELWATCH_SLACK_WEBHOOK_URL is not an https:// URL (quotes an env file "
+                "kept?): set it to the address Slack gave the webhook",
+                channel=channel, permanent=True,
+            ) from None  # fmt: skip
         except OSError as exc:
-            # the exception text may carry the webhook URL, which is a secret: leave it out
             raise DeliveryError(
                 f"cannot reach the Slack webhook: {type(exc).__name__}", channel=channel
+            ) from None
+        except Exception as exc:  # anything else: its name, not its text
+            raise DeliveryError(
+                f"the Slack webhook failed: {type(exc).__name__}", channel=channel
             ) from None
         status = response.status_code
         if status == 200:

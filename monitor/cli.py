@@ -55,8 +55,11 @@ def setup_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "apscheduler", "slack_sdk", "watchfiles", "alembic"):
+    for noisy in ("httpx", "httpcore", "apscheduler", "watchfiles", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # slack-sdk logs a failed request with its URL (a webhook's is its secret); the outbox
+    # says every failure itself, without it
+    logging.getLogger("slack_sdk").setLevel(logging.CRITICAL)
 
 
 def _duration_arg(text: str) -> timedelta:

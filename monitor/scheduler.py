@@ -38,6 +38,7 @@ DISPATCH_EVERY = timedelta(seconds=10)
 HEALTH_EVERY = timedelta(minutes=5)
 DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its time
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
+RELOAD_RETRY = timedelta(seconds=30)  # a good edit the database kept from being applied
 SUMMARY_EVERY = timedelta(minutes=1)  # feeds poll on their own intervals: a line a minute
 
 
@@ -191,7 +192,18 @@ class Service:
         except ConfigError as exc:
             await self.refuse(exc)
             return
-        await self.apply(config)
+        try:
+            await self.apply(config)
+        except Exception as exc:  # the database away (a restart, a lock): not this edit's fault
+            self._config_text = None  # not applied: the same text must not count as seen
+            log.error(
+                "config not applied yet, retrying in %d s error=%r",
+                RELOAD_RETRY.total_seconds(), str(exc),
+            )  # fmt: skip
+            self.scheduler.add_job(
+                self.reload, "date", run_date=utcnow() + RELOAD_RETRY, id="config-retry",
+                replace_existing=True,
+            )  # fmt: skip
 
     async def refuse(self, exc: ConfigError) -> None:
         problems = str(exc)

@@ -10,11 +10,12 @@ import functools
 import heapq
 import itertools
 import os
+import secrets
 import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, select, update
@@ -163,6 +164,7 @@ class PendingDelivery:
     channel: str
     attempts: int
     stored: StoredItem
+    claim: str = ""  # the claim it was taken under (see Repository.hold_deliveries)
 
 
 def _to_item(row: ItemRow) -> Item:
@@ -763,7 +765,9 @@ class Repository:
     ) -> list[PendingDelivery]:
         """Due deliveries, claimed for `DELIVERY_LEASE` so that no other worker sends them
         (FOR UPDATE SKIP LOCKED on PostgreSQL); a sender that dies lets the claim run out."""
-        worker = worker or _WORKER
+        # a claim of its own, not just the worker's name: two dispatch passes of one
+        # process (a long one and the next) must not take each other's for their own
+        claim = f"{worker or _WORKER}/{secrets.token_hex(4)}"
         table = DeliveryRow.__table__
         with self.engine.begin() as conn:
             due = (
@@ -776,7 +780,7 @@ class Repository:
                 .order_by(table.c.next_attempt, table.c.id)
                 .limit(limit)
             )
-            ids = _claim(conn, table.c.id, due, now + DELIVERY_LEASE, worker)
+            ids = _claim(conn, table.c.id, due, now + DELIVERY_LEASE, claim)
         if not ids:
             return []
         with Session(self.engine) as s:
@@ -789,7 +793,32 @@ class Repository:
                 )
             )
             stored = {si.id: si for si in self._with_matches(s, [item for _, item in rows])}
-            return [PendingDelivery(d.id, d.channel, d.attempts, stored[i.id]) for d, i in rows]
+            return [
+                PendingDelivery(d.id, d.channel, d.attempts, stored[i.id], claim) for d, i in rows
+            ]
+
+    def hold_deliveries(self, deliveries: Sequence[PendingDelivery], now: datetime) -> set[int]:
+        """The deliveries still claimed as they were taken, their claim renewed for another
+        DELIVERY_LEASE: to ask right before sending. A pass that outlasted its claim (a slow
+        Slack, many follow-ups at a message a second) may have lost some to another
+        worker, which sends them: this one must not as well."""
+        table = DeliveryRow.__table__
+        until = max(now, datetime.now(UTC)) + DELIVERY_LEASE  # the claim is wall-clock time
+        held: set[int] = set()
+        by_claim: dict[str, list[int]] = {}
+        for d in deliveries:
+            by_claim.setdefault(d.claim, []).append(d.id)
+        with self.engine.begin() as conn:
+            for claim, ids in by_claim.items():
+                stmt = (
+                    update(table)
+                    .where(table.c.id.in_(ids), table.c.status == "pending",
+                           table.c.leased_by == claim)
+                    .values(lease_until=until)
+                    .returning(table.c.id)
+                )  # fmt: skip
+                held.update(conn.execute(stmt).scalars())
+        return held
 
     def mark_delivery_sent(self, delivery_id: int, now: datetime) -> None:
         self._update_delivery(_MARK_SENT, {"did": delivery_id, "now": now})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -152,6 +153,46 @@ def test_without_slack_a_refused_edit_is_printed_not_failed(
     out = capsys.readouterr().out
     assert "was refused" in out and "the control character U+0000 is not allowed" in out
     assert "notice not sent" not in caplog.text and "config refused" in caplog.text
+
+
+def test_a_good_edit_the_database_kept_from_being_applied_is_applied_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """apply reads the feeds' states first; with the database away at that moment (here:
+    its feeds table), the edit was recorded as seen and never applied, silently."""
+    path = tmp_path / "feeds.yaml"
+    path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml"}))
+    config = parse_config(path.read_text())
+    db = tmp_path / "r.db"
+    repo = Repository(make_engine(f"sqlite:///{db}"))
+    repo.create_schema()
+    slack = SlackSettings(webhook_url=None, bot_token=None, api_url="http://127.0.0.1:9/")
+
+    def rename(old: str, new: str) -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    async def scenario() -> tuple[set[str], bool, set[str]]:
+        poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
+        service = Service(config, poller, slack, path)
+        try:
+            await service.schedule_feeds()
+            path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml",
+                                        "b": "http://127.0.0.1:9/b.xml"}))  # fmt: skip
+            rename("feeds", "feeds_away")
+            await service.reload()
+            during = {j.id for j in service.scheduler.get_jobs()}
+            retry = service.scheduler.get_job("config-retry") is not None
+            rename("feeds_away", "feeds")
+            await service.reload()  # what the retry job runs (or the next save)
+            return during, retry, {j.id for j in service.scheduler.get_jobs()}
+        finally:
+            await poller.aclose()
+
+    during, retry, after = asyncio.run(scenario())
+    assert during == {"feed:a", "config-retry"} and retry
+    assert "config not applied yet, retrying in 30 s" in caplog.text
+    assert {"feed:a", "feed:b"} <= after
 
 
 def feeds_yaml(feeds: dict[str, str], broken: bool = False) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -221,6 +222,26 @@ def test_slack_test_through_a_webhook(
     err = capsys.readouterr().err
     assert "revoked or deleted" in err and slack_server.webhook_url not in err  # a secret
     assert cli(config) == 0
+
+
+def test_a_quoted_webhook_url_fails_once_and_is_never_shown(
+    repo: Repository, slack_server: SlackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docker's --env-file keeps quotes: slack-sdk refuses '"https://…"' with the URL in
+    its exception (and logged it): a secret in the logs, and a retry forever."""
+    from monitor.cli import setup_logging
+
+    setup_logging("text", "info")  # as the service sets it up, and caplog to read it
+    logging.getLogger().addHandler(caplog.handler)
+    store(repo, 1, Router(default_channel="webhook", transport="webhook"))
+    quoted = f'"{slack_server.webhook_url}"'
+    settings = SlackSettings(webhook_url=quoted, bot_token=None, api_url=slack_server.api_url)
+    assert dispatch_pending(repo, settings.sender_for, NOW).failed == 1
+    assert "delivery failed channel=webhook" in caplog.text
+    (failed,) = repo.deliveries("failed")
+    assert "REELWATCH_SLACK_WEBHOOK_URL is not an https:// URL" in failed.last_error
+    assert "services/T000" not in failed.last_error + caplog.text
+    assert slack_server.calls == []
 
 
 def test_a_connection_reset_is_retried_later_and_sent_once(

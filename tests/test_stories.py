@@ -24,7 +24,7 @@ from monitor.stories import (
 )
 from monitor.types import FeedUpdate, Item, Match, ParsedFeed
 from storage import Repository, make_engine
-from storage.repo import PollWrite, StoreResult
+from storage.repo import DELIVERY_LEASE, PollWrite, StoreResult
 from tests.servers import SlackServer
 
 NOW = datetime(2026, 9, 18, 14, tzinfo=UTC)
@@ -250,6 +250,60 @@ def test_later_reports_reply_in_the_thread_and_update_the_coverage(
         json.dumps(last["blocks"], ensure_ascii=False)
     )
     assert alert.payload["channel"] == "#ai-news"
+
+
+def test_a_later_report_of_a_story_in_a_summary_alerts_and_leaves_the_summary_whole(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    """Thirteen stories at once go out as one summary (burst 10). A later report of one of
+    them used to reply under the summary and rewrite it into that story's alert: the
+    other twelve vanished from the channel."""
+    store(repo, item(LIONSGATE_EN))
+    others = [GEMA_EN, STRIKE_EN, VADER_EN, AMC] + [
+        (f"Studio{i} Quarterly{i} hires Director{i} for Film{i}", f"Company{i} news {i}.")
+        for i in range(8)
+    ]
+    for i, headline in enumerate(others):
+        store(repo, item(headline, "variety", n=i))
+    assert dispatch(repo, slack_server).sent == 13
+    (summary,) = slack_server.calls
+    assert summary.payload["text"].startswith("13 new stories")
+    store(repo, item(LIONSGATE_IT, "thr-roma", lang="it"), NOW + timedelta(hours=2))
+    assert dispatch(repo, slack_server, NOW + timedelta(hours=2)).sent == 1
+    assert slack_server.updates == []  # the summary is as it was sent
+    alert = slack_server.calls[-1].payload
+    assert "thread_ts" not in alert and "Lionsgate" in alert["text"]  # an alert of its own
+
+
+def test_a_dispatch_that_outlasted_its_claim_does_not_send_what_another_worker_took(
+    repo: Repository, slack_server: SlackServer, database_url: str
+) -> None:
+    """Worker A's pass claims six alerts for DELIVERY_LEASE; a slow Slack (a message a
+    second per channel, follow-ups two) can keep it sending past that, and worker B's
+    pass then claims what A has not sent yet. A used to send those too: six alerts made
+    ten messages."""
+    texts = [(f"Studio{i} Quarterly{i} hires Director{i} for Film{i}", f"Company{i} news.")
+             for i in range(6)]  # fmt: skip
+    for i, headline in enumerate(texts):
+        store(repo, item(headline, "variety", n=i))
+    worker_b = Repository(make_engine(database_url))  # another process's, on one database
+    start = datetime.now(UTC)
+    asked: list[int] = []
+
+    def b_takes_over() -> bool:  # A asks before each alert; before its third, B runs
+        asked.append(1)
+        if len(asked) == 3:
+            b = dispatch_pending(worker_b, bot(slack_server).sender_for,
+                                 start + DELIVERY_LEASE + timedelta(seconds=5))  # fmt: skip
+            assert b.sent == 4
+        return False
+
+    a = dispatch_pending(repo, bot(slack_server).sender_for, start, pacer=Pacer(interval=0),
+                         stopping=b_takes_over)  # fmt: skip
+    assert a.sent == 2
+    posted = [c.payload["text"] for c in slack_server.calls]
+    assert len(posted) == 6 == len(set(posted))  # each alert once
+    assert {d.status for d in repo.deliveries()} == {"sent"}
 
 
 def test_a_syndicated_copy_is_counted_never_alerted_and_another_event_alerts(

@@ -37,6 +37,9 @@ from monitor.stories import Signature, signature
 from monitor.types import Item, Match, ParsedFeed
 
 MAX_ITEMS = 5_000  # entries kept from one document, in document order (newest first in practice)
+# entries a document may hold at all: feedparser reads every one before any is dropped,
+# ~40 us each however empty (10 MB of bare <item/>s is 12 s of a parse worker, every poll)
+MAX_ENTRIES_READ = 5 * MAX_ITEMS
 _PROLOG_SCAN = 256 * 1024
 # An internal DTD subset or any entity declaration: feeds never need them, and
 # feedparser's loose fallback parser expands a 110 KB quadratic blowup to gigabytes.
@@ -92,6 +95,13 @@ def refuse_dangerous_markup(body: bytes) -> None:
         raise ParseError(
             "refused: the document declares XML entities (<!DOCTYPE [...]> / <!ENTITY>), "
             "which feeds never need and which can expand to gigabytes"
+        )
+    entries = text.count(b"<item") + text.count(b"<entry")  # an overcount is harmless
+    if entries > MAX_ENTRIES_READ:
+        raise ParseError(
+            f"refused: {entries:,} items in one document, more than any feed carries (a "
+            f"feed lists its latest, a few hundred at most; reading them all would hold a "
+            f"parser for seconds on every poll)"
         )
 
 

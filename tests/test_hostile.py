@@ -298,6 +298,11 @@ CASES = [
         ),
         items=MAX_ITEMS,
     ),
+    Case(  # 30,000 empty items in 900 KB: a parse worker's seconds on every poll, refused
+        "30000-empty-items",
+        _xml(rss("<item><title>a</title></item>" * 30_000)),
+        error="refused: 30,000 items in one document",
+    ),
     Case("5mb-title", _xml(rss(item("big", "word " * 1_000_000))), items=1, check=_short_title),
     Case(
         "50000-deep",

@@ -36,6 +36,7 @@ HEARTBEAT = "scheduler"
 HEARTBEAT_EVERY = timedelta(seconds=30)
 DISPATCH_EVERY = timedelta(seconds=10)
 HEALTH_EVERY = timedelta(minutes=5)
+MAINTENANCE_EVERY = timedelta(hours=1)
 DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its time
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
 RELOAD_RETRY = timedelta(seconds=30)  # a good edit the database kept from being applied
@@ -104,6 +105,10 @@ class Service:
         self.scheduler.add_job(
             self.log_summary, IntervalTrigger(seconds=self.summary_every.total_seconds()),
             id="summary",
+        )  # fmt: skip
+        self.scheduler.add_job(
+            self.maintain, IntervalTrigger(seconds=MAINTENANCE_EVERY.total_seconds()),
+            id="maintenance", next_run_time=now + timedelta(minutes=5),
         )  # fmt: skip
         self.scheduler.add_listener(self._job_submitted, EVENT_JOB_SUBMITTED)
         self.scheduler.start()
@@ -305,6 +310,13 @@ class Service:
                 log.info("digest=%s %s", name, result.message)
                 if self.metrics is not None and result.status == "sent":
                     self.metrics.record_digest_sent(name)
+
+    async def maintain(self) -> None:
+        """Prune what nothing reads any more (see Repository.prune)."""
+        repo = self.poller.repo
+        pruned = await self.poller.db(repo.prune, utcnow(), self.config.stories.window)
+        if any(pruned.values()):
+            log.info("maintenance %s", " ".join(f"{k}={v}" for k, v in pruned.items()))
 
     async def heartbeat(self) -> None:
         await self.poller.db(self.poller.repo.write_heartbeat, HEARTBEAT, utcnow())

@@ -94,6 +94,10 @@ class WorkerService(Service):
         if await self._scheduling():
             await super().send_digests()
 
+    async def maintain(self) -> None:
+        if await self._scheduling():
+            await super().maintain()
+
     async def heartbeat(self) -> None:
         now = utcnow()
         await self.poller.db(self.poller.repo.write_heartbeat, f"worker:{self.worker}", now)

@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlmodel import Session
 
 from monitor import stories as story_rules
@@ -1029,6 +1040,26 @@ class Repository:
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def prune(self, now: datetime, story_window: timedelta) -> dict[str, int]:
+        """Delete what nothing reads any more, so months of running do not pile it up:
+        the index keys of stories closed a day past their window (a new item is only
+        compared with open stories), and the heartbeats of workers gone for a week (a
+        row per worker process ever started). Items, stories and deliveries stay: they
+        are the archive the commands and digests read."""
+        keys, beats = StoryKeyRow.__table__, HeartbeatRow.__table__
+        with self.engine.begin() as conn:
+            closed = conn.execute(
+                delete(keys).where(keys.c.first_seen < now - story_window - timedelta(days=1))
+            ).rowcount
+            gone = conn.execute(
+                delete(beats).where(
+                    beats.c.name.like("worker:%"), beats.c.at < now - timedelta(days=7)
+                )
+            ).rowcount
+        return {"story_keys": closed or 0, "heartbeats": gone or 0}
 
     def heartbeat(self, name: str) -> datetime | None:
         with Session(self.engine) as s:

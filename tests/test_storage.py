@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from alerts.routing import Router
 from monitor.cli import main
@@ -140,6 +141,35 @@ def test_heartbeat(repo: Repository) -> None:
     repo.write_heartbeat("scheduler", NOW)
     repo.write_heartbeat("scheduler", NOW + timedelta(seconds=30))
     assert repo.heartbeat("scheduler") == NOW + timedelta(seconds=30)
+
+
+def test_prune_drops_closed_stories_keys_and_gone_workers_heartbeats(repo: Repository) -> None:
+    """What nothing reads any more does not pile up over months; the archive stays."""
+    window = timedelta(hours=72)
+    old, new = items(1, "old"), items(1, "new")
+    repo.store_poll("thr", "https://thr.example/feed", update(), parsed(old, {"old0"}),
+                    AI_NEWS, NOW)  # fmt: skip
+    later = NOW + window + timedelta(days=2)
+    repo.store_poll("thr", "https://thr.example/feed", update(later), parsed(new, {"new0"}),
+                    AI_NEWS, later)  # fmt: skip
+    repo.write_heartbeat("worker:host-a:1", NOW - timedelta(days=3))  # gone a week by later
+    repo.write_heartbeat("worker:host-b:2", later)
+    repo.write_heartbeat("scheduler", NOW)
+
+    def keys() -> set[int]:
+        with repo.engine.connect() as conn:
+            return set(conn.execute(text("select distinct story_id from story_keys")).scalars())
+
+    before = keys()
+    assert len(before) == 2
+    pruned = repo.prune(later, window)
+    assert pruned["story_keys"] >= 1 and pruned["heartbeats"] == 1
+    (kept,) = keys()
+    assert repo.story_of([repo.list_items()[0].id])  # the newest item's story is the open one
+    assert kept in before and repo.count_items() == 2  # items and stories are the archive
+    assert repo.heartbeat("worker:host-a:1") is None
+    assert repo.heartbeat("worker:host-b:2") == later and repo.heartbeat("scheduler") == NOW
+    assert repo.prune(later, window) == {"story_keys": 0, "heartbeats": 0}
 
 
 def test_one_run_per_database(database_url: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from monitor import __version__
 from monitor.config import Config, config_path, load_config, parse_duration
 from monitor.errors import ConfigError
+from monitor.normalize import shown_url
 
 log = logging.getLogger("reelwatch")
 
@@ -462,7 +463,7 @@ def cmd_feeds_check(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "name": feed.name,
-                "url": feed.url,
+                "url": shown_url(feed.url),
                 "enabled": feed.enabled and not (st and st.disabled),
                 "interval": f"{int(config.interval(feed).total_seconds() // 60)}m",
                 "last_status": st.last_status if st else "never polled",
@@ -649,7 +650,7 @@ def cmd_feeds_remove(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     if (refused := _write_edit("remove", path, edited, text)) is not None:
         return refused
-    print(f"removed {feed.name!r} ({feed.url}) from {path}; its stored items are kept")
+    print(f"removed {feed.name!r} ({shown_url(feed.url)}) from {path}; its stored items are kept")
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ from alerts.slack import SlackMessage
 from monitor.config import Config
 from monitor.decide import decide_notices, health_flags
 from monitor.errors import DeliveryError
+from monitor.normalize import shown_url
 from monitor.types import FeedState, HealthNotice
 from storage.repo import FeedActivity, Repository
 
@@ -93,7 +94,7 @@ def check_health(
                 notice.feed, notice.detail, state.last_error,
             )  # fmt: skip
         error = state.last_error if notice.flag in ("failing", "disabled") else None
-        message = render_health_notice(notice, url=feed.url, error=error)
+        message = render_health_notice(notice, url=shown_url(feed.url), error=error)
         if send is not None:
             try:
                 send(message)

@@ -81,6 +81,20 @@ def canonical_url(url: str | None) -> str | None:
     return urlunsplit((scheme, netloc, path, urlencode(query, doseq=True), ""))
 
 
+def shown_url(url: str) -> str:
+    """A URL as logs, notices and listings show it: a password in it (an intranet feed's
+    https://user:password@host/feed) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 # Feed HTML only needs reducing to text, never rendering: regular expressions do it
 # several times faster than an HTML parser, and what they leave is escaped on output.
 _INVISIBLE_ELEMENTS = re.compile(

@@ -29,6 +29,7 @@ from monitor.config import Config, FeedConfig
 from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import Fetcher, HostTurn
+from monitor.normalize import shown_url
 from monitor.parse import ParseJob, init_parse_worker, parse_and_classify
 from monitor.types import FeedState, ParsedFeed, PollOutcome
 from storage.repo import PollWrite, Repository, StoreResult
@@ -265,7 +266,7 @@ class Poller:
         if status in ("failed", "gone"):
             log.warning(
                 "feed failed feed=%s url=%s status=%s error=%r ms=%d",
-                feed.name, feed.url, outcome.http_status, outcome.error, ms,
+                feed.name, shown_url(feed.url), outcome.http_status, outcome.error, ms,
             )  # fmt: skip
         else:
             # a feed read despite a problem says so; the others only in debug: the poll

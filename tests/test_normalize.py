@@ -4,7 +4,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.normalize import canonical_url, clean_text, language_code, plausible_published
+from monitor.normalize import (
+    canonical_url,
+    clean_text,
+    language_code,
+    plausible_published,
+    shown_url,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -95,3 +101,17 @@ def test_plausible_published(candidate: datetime | None, expected: datetime) -> 
 )
 def test_language_code(tag: str, code: str | None) -> None:
     assert language_code(tag) == code
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://reader:s3cret@intranet.example/feed", "https://reader:***@intranet.example/feed"),
+        ("https://reader@intranet.example/feed", "https://reader@intranet.example/feed"),
+        ("https://variety.com/feed/", "https://variety.com/feed/"),
+        ("http://u:p@[::1]:8443/f?x=1", "http://u:***@[::1]:8443/f?x=1"),
+        ("http://[bad", "http://[bad"),  # not parsed: shown as written
+    ],
+)
+def test_shown_url_hides_a_password(url: str, shown: str) -> None:
+    assert shown_url(url) == shown

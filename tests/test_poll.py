@@ -306,6 +306,23 @@ def test_gone_feed_is_disabled_until_its_url_changes(
     assert not repo().feed_state("old").disabled and repo().count_items("old") == 9
 
 
+def test_a_password_in_a_feed_url_is_never_logged_or_listed(
+    feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = feed_server.add("/intranet", b"", status=500, conditional=False)
+    secret = url.replace("http://", "http://reader:hunter2secret@")
+    config = write_config(tmp_path, {"intranet": secret})
+    poll(config)
+    assert main(["feeds", "check", "--config", str(config), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert "feed failed feed=intranet url=http://reader:***@127.0.0.1" in out.err
+    assert '"url": "http://reader:***@127.0.0.1' in out.out
+    assert "hunter2secret" not in out.out + out.err
+    assert {k.lower(): v for k, v in feed_server.seen("/intranet")[0].headers.items()}[
+        "authorization"
+    ].startswith("Basic ")  # it was sent: only not shown
+
+
 def test_feeds_status_shows_volume_errors_and_timing(
     feed_server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "add", parents=[common], help="add a feed (or a site's feed) to feeds.yaml"
     )
     feeds_add.add_argument("url", help="the feed's URL, or a web page that links its feed")
-    feeds_add.add_argument("--name", help="default: derived from the feed's title")
+    feeds_add.add_argument("--name", type=_name_arg, help="default: derived from the feed's title")
     feeds_add.add_argument("--language", type=_language_arg, metavar="CODE")
     feeds_add.add_argument("--tags", type=_tags_arg, metavar="A,B", help="comma-separated")
     feeds_add.add_argument("--interval", type=_interval_arg, metavar="DURATION")
@@ -529,8 +529,23 @@ def _tags_arg(text: str) -> list[str]:
 
 
 def _interval_arg(text: str) -> str:
-    _duration_arg(text)
+    if _duration_arg(text) < timedelta(minutes=1):
+        raise argparse.ArgumentTypeError(f"'{text}' is under a minute (1m at least)")
     return text.strip()  # written to feeds.yaml as the user typed it
+
+
+def _name_arg(text: str) -> str:
+    """A feed's name, checked before anything is fetched (feeds.yaml's rule)."""
+    import re
+
+    from monitor.config import _NAME_PATTERN
+
+    if not re.fullmatch(_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}': names are letters, digits and - _ . (no spaces; up to 64 "
+            "characters, starting with a letter or digit)"
+        )
+    return text
 
 
 def _feed_with_url(config: Config, url: str) -> Any:

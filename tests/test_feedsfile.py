@@ -477,15 +477,23 @@ def test_feeds_add_refuses_a_discovered_feed_that_is_already_there(
     assert config.read_text() == before
 
 
-def test_feeds_add_shows_the_validation_error_and_writes_nothing(
-    feed_server: FeedServer, config: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--interval", "30s"], "'30s' is under a minute (1m at least)"),
+        (["--name", "THR Roma"], "'THR Roma': names are letters, digits and - _ ."),
+    ],
+)
+def test_feeds_add_refuses_a_bad_option_before_fetching_and_writes_nothing(
+    feed_server: FeedServer, config: Path, capsys: pytest.CaptureFixture[str],
+    option: list[str], message: str,
+) -> None:  # fmt: skip
     url = feed_server.add("/rss", VARIETY)
     before = config.read_text()
-    assert main(["feeds", "add", url, "--interval", "30s", "--config", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert "not written" in err and f"{config}:" in err and "must be at least 1m" in err
-    assert config.read_text() == before
+    with pytest.raises(SystemExit) as exited:
+        main(["feeds", "add", url, *option, "--config", str(config)])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert feed_server.seen("/rss") == [] and config.read_text() == before
 
 
 def test_feeds_remove_takes_out_only_that_entry(

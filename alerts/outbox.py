@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from alerts.slack import SlackMessage, render_alert, render_followup, render_summary
 from monitor.errors import DeliveryError
-from storage.repo import PendingDelivery, Repository, StoryInfo
+from storage.repo import DELIVERY_LEASE, PendingDelivery, Repository, StoryInfo
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,14 @@ def dispatch_pending(
     pacer: Pacer | None = None,
     feed_titles: dict[str, str] | None = None,
     stopping: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> DispatchReport:
     """Send what is due: one message per delivery, or one summary for a channel that
     has more than `burst` due at once (a flood trains people to mute the channel)."""
     pacer = pacer or Pacer()
     titles = feed_titles or {}
     pending = repo.pending_deliveries(now, limit)
+    claims = _Claims(repo, pending, now, clock)
     stories = repo.story_of([d.stored.id for d in pending])
     by_channel: dict[str, list[PendingDelivery]] = {}
     for delivery in pending:
@@ -111,14 +113,14 @@ def dispatch_pending(
         leads = [d for d in deliveries if _leads(stories.get(d.stored.id))]
         followers = [d for d in deliveries if not _leads(stories.get(d.stored.id))]
         if len(leads) > burst and channel != "console":
-            held = repo.hold_deliveries(leads, now)
-            leads = [d for d in leads if d.id in held]
+            leads = claims.keep(leads)
             if leads:
                 items = [(d.stored.item, d.stored.matches) for d in leads]
                 message = render_summary(items, titles)
                 # not the stories' message: a later report of one of them alerts on its
                 # own, never replies under (or rewrites) a summary of many
-                report += _send(repo, sender_for, pacer, channel, message, leads, now)
+                report += _send(repo, sender_for, pacer, channel, message, leads, now,
+                                claims=claims)  # fmt: skip
         else:
             for d in leads:
                 if stopping():  # a shutdown: the rest stay pending (their claim runs out)
@@ -127,12 +129,12 @@ def dispatch_pending(
                     d.stored.item, d.stored.matches, titles.get(d.stored.item.feed)
                 )
                 report += _send(repo, sender_for, pacer, channel, message, [d], now,
-                                stories=[stories.get(d.stored.id)])  # fmt: skip
+                                stories=[stories.get(d.stored.id)], claims=claims)  # fmt: skip
         for d in followers:
             if stopping():
                 return report
             report += _follow_up(repo, sender_for, pacer, channel, d, stories[d.stored.id],
-                                 now, titles)  # fmt: skip
+                                 now, titles, claims)  # fmt: skip
     return report
 
 
@@ -169,6 +171,29 @@ def dispatch_all(
     return replace(first + again, waiting=again.waiting)
 
 
+class _Claims:
+    """A dispatch pass's claim on its deliveries (DELIVERY_LEASE from when they were
+    taken). A pass can outlast it (a slow Slack, many follow-ups at a message a second),
+    and another worker then takes what is left: before a send, once half the lease has
+    run, the claim is renewed for all the pass's deliveries at once, and one lost is
+    left to its new owner. A short pass costs no statement."""
+
+    def __init__(
+        self, repo: Repository, pending: Sequence[PendingDelivery], now: datetime,
+        clock: Callable[[], float],
+    ) -> None:  # fmt: skip
+        self._repo, self._pending, self._now, self._clock = repo, pending, now, clock
+        self._since = clock()
+        self._lost: set[int] = set()
+
+    def keep(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+        if self._clock() - self._since > DELIVERY_LEASE.total_seconds() / 2:
+            held = self._repo.hold_deliveries(self._pending, self._now)
+            self._lost |= {d.id for d in self._pending} - held
+            self._since = self._clock()
+        return [d for d in deliveries if d.id not in self._lost]
+
+
 def _leads(story: StoryInfo | None) -> bool:
     return story is None or story.is_lead
 
@@ -182,6 +207,7 @@ def _follow_up(
     story: StoryInfo,
     now: datetime,
     titles: dict[str, str],
+    claims: _Claims,
 ) -> DispatchReport:
     """A later report of a story: a reply under its alert, and the alert's coverage updated."""
     try:
@@ -200,10 +226,12 @@ def _follow_up(
         # the story's alert never reached this channel (another route, a summary of
         # many, or it failed): this report alerts in its place
         message = render_alert(d.stored.item, d.stored.matches, titles.get(d.stored.item.feed))
-        return _send(repo, sender_for, pacer, channel, message, [d], now, stories=[story])
+        return _send(repo, sender_for, pacer, channel, message, [d], now, stories=[story],
+                     claims=claims)  # fmt: skip
     channel_id, ts = parent
     reply = render_followup(d.stored.item, titles.get(d.stored.item.feed))
-    result = _send(repo, sender_for, pacer, channel, reply, [d], now, thread_ts=ts)
+    result = _send(repo, sender_for, pacer, channel, reply, [d], now, thread_ts=ts,
+                   claims=claims)  # fmt: skip
     if result.sent:
         _update_coverage(repo, sender, pacer, channel, channel_id, ts, story, titles)
     return result
@@ -238,11 +266,12 @@ def _send(
     *,
     stories: Sequence[StoryInfo | None] = (),
     thread_ts: str | None = None,
+    claims: _Claims | None = None,
 ) -> DispatchReport:
-    held = repo.hold_deliveries(deliveries, now)
-    deliveries = [d for d in deliveries if d.id in held]
-    if not deliveries:  # another worker took them: it sends them
-        return DispatchReport()
+    if claims is not None:
+        deliveries = claims.keep(deliveries)
+        if not deliveries:  # another worker took them: it sends them
+            return DispatchReport()
     try:
         pacer.wait(channel)
         sender = sender_for(channel)

@@ -289,17 +289,19 @@ def test_a_dispatch_that_outlasted_its_claim_does_not_send_what_another_worker_t
     worker_b = Repository(make_engine(database_url))  # another process's, on one database
     start = datetime.now(UTC)
     asked: list[int] = []
+    a_clock = [0.0]  # A's monotonic clock: its pass runs past the lease before its third
 
     def b_takes_over() -> bool:  # A asks before each alert; before its third, B runs
         asked.append(1)
         if len(asked) == 3:
+            a_clock[0] += DELIVERY_LEASE.total_seconds() + 5
             b = dispatch_pending(worker_b, bot(slack_server).sender_for,
                                  start + DELIVERY_LEASE + timedelta(seconds=5))  # fmt: skip
             assert b.sent == 4
         return False
 
     a = dispatch_pending(repo, bot(slack_server).sender_for, start, pacer=Pacer(interval=0),
-                         stopping=b_takes_over)  # fmt: skip
+                         stopping=b_takes_over, clock=lambda: a_clock[0])  # fmt: skip
     assert a.sent == 2
     posted = [c.payload["text"] for c in slack_server.calls]
     assert len(posted) == 6 == len(set(posted))  # each alert once

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from monitor.cli import main
-from monitor.config import FeedConfig, load_config
+from monitor.config import Config, FeedConfig, load_config
 from monitor.pipeline import Poller, _hosts_interleaved
 from storage import Repository, make_engine
 from tests.conftest import fixture, write_config
@@ -359,11 +361,12 @@ def test_feeds_are_polled_one_host_in_turn(urls: list[str], order: list[str]) ->
     assert [f.url.split("//")[1] for f in _hosts_interleaved(feeds)] == order
 
 
-def test_a_run_of_one_slow_outlets_feeds_does_not_hold_up_another_host(
-    feed_server: FeedServer, tmp_path: Path
-) -> None:
-    """Six feeds of one slow outlet listed first (two polled at a time, 1.5 s each), then
-    another host's feed: that one is polled at once, not after the outlet's."""
+@contextlib.contextmanager
+def slow_outlet_and_another_host(
+    feed_server: FeedServer, tmp_path: Path, outlets: int, concurrency: str
+) -> Iterator[tuple[Config, Repository, Poller]]:
+    """`outlets` feeds of one slow outlet (1.5 s an answer), then a feed of another host
+    (listed last), and a poller for them."""
     body = fixture(ARS)
 
     def slow(handler: BaseHTTPRequestHandler) -> None:
@@ -373,14 +376,24 @@ def test_a_run_of_one_slow_outlets_feeds_does_not_hold_up_another_host(
         handler.end_headers()
         handler.wfile.write(body)
 
-    feeds = {f"outlet{i}": feed_server.add(f"/section{i}", handler=slow) for i in range(6)}
+    feeds = {f"outlet{i}": feed_server.add(f"/section{i}", handler=slow) for i in range(outlets)}
     other = FeedServerAt("127.0.0.2")
     try:
         feeds["other"] = other.add("/feed", body)
-        config = load_config(write_config(tmp_path, feeds, concurrency="2", timeout="20s"))
+        config = load_config(write_config(tmp_path, feeds, concurrency=concurrency, timeout="20s"))
         store = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
         store.create_schema()
-        poller = Poller(config, store, router=None, parse_workers=1)
+        yield config, store, Poller(config, store, router=None, parse_workers=1)
+    finally:
+        other.close()
+
+
+def test_a_run_of_one_slow_outlets_feeds_does_not_hold_up_another_host(
+    feed_server: FeedServer, tmp_path: Path
+) -> None:
+    """Six feeds of one slow outlet listed first (two polled at a time, 1.5 s each), then
+    another host's feed: that one is polled at once, not after the outlet's."""
+    with slow_outlet_and_another_host(feed_server, tmp_path, 6, "2") as (config, store, poller):
         started = time.monotonic()
         done: dict[str, float] = {}
 
@@ -393,8 +406,6 @@ def test_a_run_of_one_slow_outlets_feeds_does_not_hold_up_another_host(
                 await poller.aclose()
 
         asyncio.run(go())
-    finally:
-        other.close()
     took = {feed: at - started for feed, at in done.items()}
     assert len(took) == 7 and store.count_items() == 7 * 20
     assert took["other"] < 1.5 <= min(t for f, t in took.items() if f != "other"), took
@@ -407,23 +418,7 @@ def test_one_slow_outlets_due_feeds_do_not_hold_up_another_hosts_in_the_service(
     due together (two polled at a time, 1.5 s each) must not take the eight slots every
     feed between fetch and store shares (2 x concurrency 4), leaving another host's feed
     due with them to wait: it was polled after 6 s, behind them."""
-    body = fixture(ARS)
-
-    def slow(handler: BaseHTTPRequestHandler) -> None:
-        time.sleep(1.5)
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    feeds = {f"outlet{i}": feed_server.add(f"/section{i}", handler=slow) for i in range(8)}
-    other = FeedServerAt("127.0.0.2")
-    try:
-        feeds["other"] = other.add("/feed", body)
-        config = load_config(write_config(tmp_path, feeds, concurrency="4", timeout="20s"))
-        store = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
-        store.create_schema()
-        poller = Poller(config, store, router=None, parse_workers=1)
+    with slow_outlet_and_another_host(feed_server, tmp_path, 8, "4") as (config, store, poller):
         done: dict[str, float] = {}
 
         async def job(feed: FeedConfig) -> None:
@@ -442,8 +437,6 @@ def test_one_slow_outlets_due_feeds_do_not_hold_up_another_hosts_in_the_service(
                 await poller.aclose()
 
         started = asyncio.run(go())
-    finally:
-        other.close()
     took = {feed: at - started for feed, at in done.items()}
     assert len(took) == 9 and store.count_items() == 9 * 20
     assert took["other"] < 1.0, took

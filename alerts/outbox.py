@@ -174,8 +174,8 @@ def dispatch_all(
 class _Claims:
     """A dispatch pass's claim on its deliveries (DELIVERY_LEASE from when they were
     taken). A pass can outlast it (a slow Slack, many follow-ups at a message a second),
-    and another worker then takes what is left: before a send, once half the lease has
-    run, the claim is renewed for all the pass's deliveries at once, and one lost is
+    and another worker then takes what is left: before a send, once a third of the lease
+    has run, the claim is renewed for all the pass's deliveries at once, and one lost is
     left to its new owner. A short pass costs no statement."""
 
     def __init__(
@@ -187,7 +187,9 @@ class _Claims:
         self._lost: set[int] = set()
 
     def keep(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
-        if self._clock() - self._since > DELIVERY_LEASE.total_seconds() / 2:
+        # a third: what follows a check (the pace, a send and a coverage update, 30 s
+        # timeouts each) ends well within the lease
+        if self._clock() - self._since > DELIVERY_LEASE.total_seconds() / 3:
             held = self._repo.hold_deliveries(self._pending, self._now)
             self._lost |= {d.id for d in self._pending} - held
             self._since = self._clock()

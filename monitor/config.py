@@ -9,6 +9,7 @@ every key so a refusal names the text to fix:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -367,8 +368,8 @@ def parse_config(
         ]  # fmt: skip
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column))) from None
     problems = [*found.values(), *_cross_checks(filename, data, config)]
-    if problems:
-        raise ConfigError(problems)
+    if problems:  # a feed URL's password is shown nowhere, these messages included
+        raise ConfigError([dataclasses.replace(p, message=_redacted(p.message)) for p in problems])
     return config
 
 
@@ -413,12 +414,15 @@ def _line_column(text: str, offset: int) -> tuple[int, int]:
 
 # Secrets come from the environment; one pasted in feeds.yaml would be printed, logged
 # and posted wherever the file is shown.
-_SECRET = re.compile(r"xox[abposre]-[A-Za-z0-9-]{6,}|https?://hooks\.slack\.com/\S+")
+_SECRET = re.compile(
+    r"\bxox[abposre]-\d{4,}-[A-Za-z0-9-]+|\bxapp-\d-[A-Za-z0-9-]+|https?://hooks\.slack\.com/\S+"
+)
+_PASSWORD = re.compile(r"(://[^/\s:@]*):[^@\s/]+@")  # a feed URL's user:password@
 _SECRET_KEY = re.compile(r"token|password|passwd|secret|webhook|api_?key", re.I)
 
 
 def _redacted(text: str) -> str:
-    return _SECRET.sub("[secret removed]", text)
+    return _PASSWORD.sub(r"\1:***@", _SECRET.sub("[secret removed]", text))
 
 
 def _suspicious(filename: str, text: str, data: Any) -> Iterator[ConfigProblem]:
@@ -428,8 +432,9 @@ def _suspicious(filename: str, text: str, data: Any) -> Iterator[ConfigProblem]:
     stack: list[tuple[Any, tuple]] = [(data, ())]
     while stack:
         node, loc = stack.pop()
-        if isinstance(node, CommentedMap):
-            entries = [(k, v, node.lc.key(k), node.lc.value(k)) for k, v in node.items()]
+        if isinstance(node, CommentedMap):  # a merged key (<<: *base) is its anchor's
+            entries = [(k, v, node.lc.key(k), node.lc.value(k))
+                       for k, v in node.non_merged_items()]  # fmt: skip
         elif isinstance(node, CommentedSeq):
             entries = [(i, v, node.lc.item(i), node.lc.item(i)) for i, v in enumerate(node)]
         else:
@@ -438,7 +443,7 @@ def _suspicious(filename: str, text: str, data: Any) -> Iterator[ConfigProblem]:
             here = (*loc, key)
             if isinstance(value, str) and _SECRET.search(value):
                 yield ConfigProblem(filename, vline + 1, vcol + 1, _key_path(here), _SECRET_HELP)
-            elif value is None and isinstance(key, str):
+            elif value is None and (key in _HASH_VALUES or loc[-1:] == ("query",)):
                 rest = lines[kline][kcol:].partition(":")[2].lstrip() if kline < len(lines) else ""
                 if rest[:1] == "#" and rest[1:2].strip():  # "#ai-news", not "# a comment"
                     quote = "'" if '"' in rest else '"'
@@ -450,6 +455,9 @@ def _suspicious(filename: str, text: str, data: Any) -> Iterator[ConfigProblem]:
             else:
                 stack.append((value, here))
 
+
+# keys whose values start with # (a channel, a topic reference): YAML's comment trap
+_HASH_VALUES = frozenset({"default_channel", "channel", "query"})
 
 _SECRET_HELP = (
     "looks like a Slack token or webhook URL: secrets do not belong in feeds.yaml (it "
@@ -508,7 +516,8 @@ def _position(data: Any, loc: tuple[Any, ...], *, at_key: bool = False) -> tuple
     for i, part in enumerate(loc):
         if isinstance(node, CommentedMap) and part in node:
             last = i == len(loc) - 1
-            line, col = node.lc.key(part) if (at_key and last) else node.lc.value(part)
+            if part in node.lc.data:  # else merged (<<: *base): the mapping's own place
+                line, col = node.lc.key(part) if (at_key and last) else node.lc.value(part)
             node, found = node[part], (*found, part)
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
             line, col = node.lc.item(part)

@@ -69,6 +69,8 @@ def one(query: str, **kw) -> RuleSet:
         ("\u201cdigital replica\u201d OR deepfake", "Digital replica rules", True),  # curly
         ("\u00abintelligenza artificiale\u00bb", "L'intelligenza artificiale al cinema", True),
         ('"and" AND AI', "Lionsgate and Runway: the AI deal", True),  # a quoted word
+        ("Now And Then", "Now and then: the Beatles song finished with AI", True),  # a title
+        ("US$ OR [REC]", "[REC] remake in the works", True),  # not regular expressions
     ],
 )
 def test_query_language(query: str, title: str, matches: bool) -> None:

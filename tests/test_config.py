@@ -229,7 +229,15 @@ def test_broken_file_names_file_line_column_and_key(text: str, expected: str) ->
         ),
         (
             '  ai: {label: AI, query: "' + "(" * 60 + "AI" + ")" * 60 + '"}',
-            "feeds.yaml:11:77: topics.ai.query: parentheses nested more than 50 deep",
+            "feeds.yaml:11:77: topics.ai.query: nested more than 50 deep",
+        ),
+        (
+            '  ai: {label: AI, query: "' + "NOT " * 60 + 'x"}',
+            "feeds.yaml:11:227: topics.ai.query: nested more than 50 deep",
+        ),
+        (
+            '  ai: {label: AI, query: "' + "a NEAR/2 " * 60 + 'b"}',
+            "feeds.yaml:11:479: topics.ai.query: nested more than 50 deep",
         ),
     ],
 )
@@ -256,6 +264,40 @@ def test_a_secret_pasted_in_the_file_is_refused_and_never_repeated(slack: str) -
         and "REELWATCH_SLACK_BOT_TOKEN" in p
         for p in problems
     ), problems
+
+
+def test_merge_keys_are_read_and_their_mistakes_named() -> None:
+    """An anchor and a merge key (<<: *base) are YAML a user may write: the careful
+    reading (taken for an empty value) must not stumble on the merged keys."""
+    text = (
+        "feeds:\n"
+        "  - &base {name: thr, url: https://www.hollywoodreporter.com/feed/, tags: [trade]}\n"
+        "  - <<: *base\n"
+        "    name: thr2\n"
+        "    url: https://www.hollywoodreporter.com/feed2/\n"
+        "    language:\n"
+        "topics:\n"
+        "  ai: {label: AI, query: AI}\n"
+    )
+    assert parse_config(text).feed("thr2").tags == ["trade"]
+    assert refusal(text.replace("    language:\n", "    interval: 15x\n")) == [
+        "feeds.yaml:6:15: feeds[1].interval: '15x' is not a duration like 15m or 1h"
+    ]
+
+
+def test_a_word_that_only_looks_like_a_token_is_not_one() -> None:
+    config = parse_config(
+        GOOD.replace("hollywoodreporter.com/feed/", "tvline.com/tag/xoxo-gossip/")
+    )
+    assert config.feeds[0].url.endswith("xoxo-gossip/")
+
+
+def test_a_feed_urls_password_is_in_no_refusal() -> None:
+    login = "https://reader:hunter2@www.hollywoodreporter.it/feed/"
+    problems = refusal(GOOD.replace("https://www.hollywoodreporter.com/feed/", login)
+                       .replace("https://www.hollywoodreporter.it/feed/", login, 2))  # fmt: skip
+    assert problems and all("hunter2" not in p for p in problems), problems
+    assert any("duplicate feed URL 'https://reader:***@www" in p for p in problems), problems
 
 
 def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:

@@ -231,12 +231,19 @@ def test_a_quoted_webhook_url_fails_once_and_is_never_shown(
     its exception (and logged it): a secret in the logs, and a retry forever."""
     from monitor.cli import setup_logging
 
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     setup_logging("text", "info")  # as the service sets it up, and caplog to read it
-    logging.getLogger().addHandler(caplog.handler)
+    root.addHandler(caplog.handler)
     store(repo, 1, Router(default_channel="webhook", transport="webhook"))
     quoted = f'"{slack_server.webhook_url}"'
     settings = SlackSettings(webhook_url=quoted, bot_token=None, api_url=slack_server.api_url)
-    assert dispatch_pending(repo, settings.sender_for, NOW).failed == 1
+    try:
+        assert dispatch_pending(repo, settings.sender_for, NOW).failed == 1
+    finally:
+        root.handlers[:] = handlers  # the other tests' logging as it was
+        root.setLevel(level)
+        logging.getLogger("slack_sdk").setLevel(logging.NOTSET)
     assert "delivery failed channel=webhook" in caplog.text
     (failed,) = repo.deliveries("failed")
     assert "REELWATCH_SLACK_WEBHOOK_URL is not an https:// URL" in failed.last_error

@@ -102,19 +102,18 @@ class _Tok:
 # One character for one, so positions in the query stay right.
 _QUOTES = str.maketrans({c: '"' for c in "\u201c\u201d\u201e\u201f\u00ab\u00bb"})
 # What is written as a regular expression, which queries are not: AI|KI, film(s)?, deepfake.*
-_REGEX_LIKE = re.compile(r"[|\\\[\]{}]|\.\*|^\?|\)\?|^\^|\$$")
-_MAX_DEPTH = 50  # parentheses in parentheses; deeper is no query a person writes
+_REGEX_LIKE = re.compile(r"[|\\{}]|\.\*|^\?|\)\?|^\^")
+_MAX_DEPTH = 50  # parentheses, NOTs, NEARs, fields in one another: no query a person writes
 
 
 def _word_problem(word: str) -> str | None:
     """Why a bare word is not what its writer meant, if it is one of the usual slips."""
-    lower = word.lower()
-    if lower in ("and", "or", "not"):
+    if word in ("and", "or", "not"):  # "And" in a title ("Now And Then") is a word
         return (
             f"{word!r} in lower case is a word to look for: write {word.upper()} for the "
             f'operator, or "{word}" in quotes for the word'
         )
-    if re.fullmatch(r"near(/\d*)?", lower):
+    if re.fullmatch(r"near/\d*", word, re.IGNORECASE):
         return f"NEAR is written in capitals, like NEAR/10 (not {word!r})"
     if word.endswith((",", ";")):
         return "a comma is not an operator: separate alternatives with OR (AI OR film)"
@@ -228,20 +227,34 @@ class _Parser:
             items.append(self.not_())
         return items[0] if len(items) == 1 else And(tuple(items))
 
+    def deeper(self, tok: _Tok) -> None:
+        """One level more of a tree every part of the service walks recursively."""
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise QueryError(f"nested more than {_MAX_DEPTH} deep", tok.pos)
+
     def not_(self) -> Node:
         tok = self.peek()
         if tok is not None and tok.kind == "NOT":
             self.take()
-            return Not(self.not_())
+            self.deeper(tok)
+            node = Not(self.not_())
+            self.depth -= 1
+            return node
         return self.near()
 
     def near(self) -> Node:
         node = self.primary()
+        negated = _has_not(node)
+        chain = 0
         while (tok := self.peek()) is not None and tok.kind == "NEAR":
             self.take()
             right = self.primary()
-            if _has_not(node) or _has_not(right):
+            if negated or _has_not(right):
                 raise QueryError("NOT cannot be used inside NEAR", tok.pos)
+            chain += 1  # a NEAR b NEAR c nests to the left
+            if self.depth + chain > _MAX_DEPTH:
+                raise QueryError(f"nested more than {_MAX_DEPTH} deep", tok.pos)
             node = Near(node, right, int(tok.value))
         return node
 
@@ -251,9 +264,7 @@ class _Parser:
             raise QueryError("the query ends where a term was expected", len(self.text))
         if tok.kind == "(":
             self.take()
-            self.depth += 1
-            if self.depth > _MAX_DEPTH:
-                raise QueryError(f"parentheses nested more than {_MAX_DEPTH} deep", tok.pos)
+            self.deeper(tok)
             node = self.or_()
             self.depth -= 1
             close = self.peek()
@@ -263,7 +274,10 @@ class _Parser:
             return node
         if tok.kind == "field":
             self.take()
-            return Field(frozenset({tok.value}), self.primary())
+            self.deeper(tok)
+            field = Field(frozenset({tok.value}), self.primary())
+            self.depth -= 1
+            return field
         if tok.kind == "term":
             self.take()
             return Term(tok.value, tok.prefix)

@@ -39,8 +39,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 SNIPPET_MAX = 280
 TERMS_MAX = 6
 MOST_COVERED = 3
-RETRY_DELAYS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600)  # seconds; then failed
-MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+# seconds between tries of a digest an SMTP server could not take; then every 6 h until
+# it does (a digest is never dropped for a server that is down; refusals that need a
+# person, such as a wrong password, fail it at once)
+RETRY_DELAYS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600)
 
 # Template wording per digest language (feeds.yaml digests.NAME.language).
 LABELS: dict[str, dict[str, str]] = {
@@ -530,11 +532,9 @@ def _answer_of(code: int, message: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}"[:300]
 
 
-def retry_delay(attempts: int) -> timedelta | None:
-    """How long to wait after `attempts` failed tries; None: give up."""
-    if attempts >= MAX_ATTEMPTS:
-        return None
-    return timedelta(seconds=RETRY_DELAYS[min(attempts, len(RETRY_DELAYS)) - 1])
+def retry_delay(attempts: int) -> timedelta:
+    """How long to wait after `attempts` failed tries."""
+    return timedelta(seconds=RETRY_DELAYS[max(1, min(attempts, len(RETRY_DELAYS))) - 1])
 
 
 # -- one digest, end to end (storage + SMTP) -------------------------------------------------
@@ -657,13 +657,12 @@ def _failed(
     repo: Any, setup: DigestSetup, period: Period, attempts: int, error: str,
     pending: Sequence[str], permanent: bool, now: datetime, count: int,
 ) -> DigestResult:  # fmt: skip
-    delay = None if permanent else retry_delay(attempts)
-    if delay is None:
+    if permanent:
         repo.finish_digest(setup.name, period.start, status="failed", now=now, items=count,
                            pending=pending, error=error)  # fmt: skip
         log.error("digest=%s period=%s failed: %s", setup.name, period.start.date(), error)
         return DigestResult("failed", f"digest '{setup.name}' not sent: {error}", period)
-    retry_at = now + delay
+    retry_at = now + retry_delay(attempts)
     repo.finish_digest(setup.name, period.start, status="retry", now=now, items=count,
                        pending=pending, error=error, next_attempt=retry_at)  # fmt: skip
     log.warning("digest=%s period=%s will retry at %s: %s", setup.name, period.start.date(),
@@ -702,4 +701,11 @@ def due_periods(
             due.append((setup, period))
         elif record.status == "sending":
             due.append((setup, period))  # claim_digest takes it only when it is stale
+        # an earlier period still waiting for its server: owed as much as the latest
+        due += [
+            (setup, Period(r.period_start, r.period_end))
+            for r in repo.digest_records(setup.name, limit=20)
+            if r.period_start < period.start and r.status in ("retry", "sending")
+            and (r.status == "sending" or (r.next_attempt and r.next_attempt <= now))
+        ]  # fmt: skip
     return due

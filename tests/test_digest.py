@@ -386,6 +386,40 @@ def test_smtp_down_is_retried_with_backoff_and_sent_when_it_is_back(
         controller.stop()
 
 
+def test_a_digest_whose_server_stays_down_is_retried_until_sent_even_a_period_later(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven tries (~11 h) used to fail the digest for good, and once the next period
+    began only that one was looked at: a weekend's SMTP outage dropped the week's digest."""
+    port = free_port()  # nothing listens here yet: connection refused
+    monkeypatch.setenv("REELWATCH_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("REELWATCH_SMTP_PORT", str(port))
+    monkeypatch.setenv("REELWATCH_SMTP_FROM", "reelwatch@example.org")
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    now = SENT_AT
+    for _ in range(10):
+        assert run_digest(repo, setup, WEEK, now=now, smtp=None).status == "retry"
+        now = repo.digest_record("weekly", WEEK.start).next_attempt
+    assert now - SENT_AT > timedelta(hours=24)
+    next_week = SENT_AT + timedelta(days=7, hours=1)  # the next period has ended too
+    owed = [p for _, p in due_periods(repo, [setup], next_week)]
+    assert WEEK in owed
+    from aiosmtpd.controller import Controller
+
+    from tests.smtp import _Handler
+
+    handler = _Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        assert run_digest(repo, setup, WEEK, now=next_week, smtp=None).status == "sent"
+        assert len(handler.received) == 1
+    finally:
+        controller.stop()
+    assert WEEK not in [p for _, p in due_periods(repo, [setup], next_week)]
+
+
 def test_a_missed_digest_is_owed_by_storage_not_by_the_scheduler(
     repo: Repository, smtp: SmtpServer, tmp_path: Path
 ) -> None:

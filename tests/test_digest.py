@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 from collections.abc import Iterator
@@ -356,13 +357,35 @@ def test_a_temporary_refusal_is_retried_for_that_recipient_only(
     assert due_periods(repo, [setup], later) == []
 
 
-def test_smtp_down_is_retried_with_backoff_and_sent_when_it_is_back(
-    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    port = free_port()  # nothing listens here yet: connection refused
+def smtp_down(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The SMTP settings pointing at a port nothing listens on (connection refused)."""
+    port = free_port()
     monkeypatch.setenv("REELWATCH_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("REELWATCH_SMTP_PORT", str(port))
     monkeypatch.setenv("REELWATCH_SMTP_FROM", "reelwatch@example.org")
+    return port
+
+
+@contextlib.contextmanager
+def smtp_back(port: int) -> Iterator[list]:
+    """A server on that port at last; yields the messages it receives."""
+    from aiosmtpd.controller import Controller
+
+    from tests.smtp import _Handler
+
+    handler = _Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler.received
+    finally:
+        controller.stop()
+
+
+def test_smtp_down_is_retried_with_backoff_and_sent_when_it_is_back(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = smtp_down(monkeypatch)
     seed(repo, ["AI story"])
     setup = setup_of(config_file(tmp_path))
     result = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
@@ -372,18 +395,9 @@ def test_smtp_down_is_retried_with_backoff_and_sent_when_it_is_back(
     run_digest(repo, setup, WEEK, now=first_retry, smtp=None)
     second = repo.digest_record("weekly", WEEK.start)
     assert second.attempts == 2 and second.next_attempt - first_retry > first_retry - SENT_AT
-    from aiosmtpd.controller import Controller
-
-    from tests.smtp import _Handler
-
-    handler = _Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_back(port) as received:
         assert run_digest(repo, setup, WEEK, now=second.next_attempt, smtp=None).status == "sent"
-        assert len(handler.received) == 1
-    finally:
-        controller.stop()
+        assert len(received) == 1
 
 
 def test_a_digest_whose_server_stays_down_is_retried_until_sent_even_a_period_later(
@@ -391,10 +405,7 @@ def test_a_digest_whose_server_stays_down_is_retried_until_sent_even_a_period_la
 ) -> None:
     """Seven tries (~11 h) used to fail the digest for good, and once the next period
     began only that one was looked at: a weekend's SMTP outage dropped the week's digest."""
-    port = free_port()  # nothing listens here yet: connection refused
-    monkeypatch.setenv("REELWATCH_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("REELWATCH_SMTP_PORT", str(port))
-    monkeypatch.setenv("REELWATCH_SMTP_FROM", "reelwatch@example.org")
+    port = smtp_down(monkeypatch)
     seed(repo, ["AI story"])
     setup = setup_of(config_file(tmp_path))
     now = SENT_AT
@@ -403,20 +414,10 @@ def test_a_digest_whose_server_stays_down_is_retried_until_sent_even_a_period_la
         now = repo.digest_record("weekly", WEEK.start).next_attempt
     assert now - SENT_AT > timedelta(hours=24)
     next_week = SENT_AT + timedelta(days=7, hours=1)  # the next period has ended too
-    owed = [p for _, p in due_periods(repo, [setup], next_week)]
-    assert WEEK in owed
-    from aiosmtpd.controller import Controller
-
-    from tests.smtp import _Handler
-
-    handler = _Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    assert WEEK in [p for _, p in due_periods(repo, [setup], next_week)]
+    with smtp_back(port) as received:
         assert run_digest(repo, setup, WEEK, now=next_week, smtp=None).status == "sent"
-        assert len(handler.received) == 1
-    finally:
-        controller.stop()
+        assert len(received) == 1
     assert WEEK not in [p for _, p in due_periods(repo, [setup], next_week)]
 
 

@@ -415,7 +415,8 @@ def _line_column(text: str, offset: int) -> tuple[int, int]:
 # Secrets come from the environment; one pasted in feeds.yaml would be printed, logged
 # and posted wherever the file is shown.
 _SECRET = re.compile(
-    r"\bxox[abposre]-\d{4,}-[A-Za-z0-9-]+|\bxapp-\d-[A-Za-z0-9-]+|https?://hooks\.slack\.com/\S+"
+    r"\bxox[abposre]-\d+-[A-Za-z0-9-]+|\bxoxe\.xox[bp]-\d+-\S+|\bxapp-\d-[A-Za-z0-9-]+"
+    r"|https?://hooks\.slack\.com/\S+"
 )
 _PASSWORD = re.compile(r"(://[^/\s:@]*):[^@\s/]+@")  # a feed URL's user:password@
 _SECRET_KEY = re.compile(r"token|password|passwd|secret|webhook|api_?key", re.I)

@@ -253,6 +253,8 @@ def test_bad_queries_are_refused_with_their_position(topics: str, expected: str)
         "slack:\n  default_channel: xoxb-1234567890-abcdefSECRET\n",
         "slack: https://hooks.slack.com/services/T000/B000/abcdefSECRET\n",
         "slack:\n  bot_token: xoxb-1234567890-abcdefSECRET\n",
+        "slack:\n  default_channel: xoxe.xoxb-1-MS0yLTIxSECRET\n",  # a rotating token
+        "slack:\n  default_channel: xoxe-1-My0xLTIxSECRET\n",  # its refresh token
         "slack:\n  default_channel: '#ai'\n  webhook: https://hooks.slack.com/services/SECRET\n",
     ],
 )

@@ -268,12 +268,11 @@ def _send(
     *,
     stories: Sequence[StoryInfo | None] = (),
     thread_ts: str | None = None,
-    claims: _Claims | None = None,
+    claims: _Claims,
 ) -> DispatchReport:
-    if claims is not None:
-        deliveries = claims.keep(deliveries)
-        if not deliveries:  # another worker took them: it sends them
-            return DispatchReport()
+    deliveries = claims.keep(deliveries)
+    if not deliveries:  # another worker took them: it sends them
+        return DispatchReport()
     try:
         pacer.wait(channel)
         sender = sender_for(channel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def one(query: str, **kw) -> RuleSet:
         ("AI AND NOT (robot OR android)", "AI in dubbing", True),
         ('"AI" NEAR/3 (film OR studio)', "AI studio deal signed", True),
         ('"AI" NEAR/3 (film OR studio)', "AI is everywhere now in every single film", False),
+        ("AI NEAR/2 film NEAR/2 studio NEAR/2 deal", "AI film studio deal", True),
+        ("AI NEAR/2 film NEAR/2 studio NEAR/2 deal", "AI film studio: a long tale, no deal", False),
         ("title:AI", "Dubbing news", False),
         ("@studios AND @ai_cos", "Lionsgate signs with Runway", True),
         ("@studios AND @ai_cos", "Lions Gate and Sora", True),
@@ -75,6 +78,21 @@ def one(query: str, **kw) -> RuleSet:
 )
 def test_query_language(query: str, title: str, matches: bool) -> None:
     assert ("t" in topics_of(one(query), title)) is matches
+
+
+def test_a_long_near_chain_on_a_repetitive_item_is_classified_at_once() -> None:
+    # each NEAR once multiplied the hits it passed up: 12 of them over a title that
+    # repeats its term ran for minutes, holding a parse worker (a hang check, not a timing)
+    classifier = compile_rules(one(" NEAR/5 ".join(["film"] * 12)))
+    found: list[object] = []
+    worker = threading.Thread(
+        target=lambda: found.extend(classifier.classify(item("film studio film " * 10))),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "classifying one item took more than 30 s"
+    assert [m.topic for m in found] == ["t"]  # type: ignore[attr-defined]
 
 
 def test_title_scope_and_summary() -> None:

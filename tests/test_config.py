@@ -239,6 +239,14 @@ def test_broken_file_names_file_line_column_and_key(text: str, expected: str) ->
             '  ai: {label: AI, query: "' + "a NEAR/2 " * 60 + 'b"}',
             "feeds.yaml:11:479: topics.ai.query: nested more than 50 deep",
         ),
+        (  # chains inside chains, each under 50: 1,000 deep (RecursionError, a traceback)
+            '  ai: {label: AI, query: "'
+            + "(" * 30
+            + "a"
+            + "".join(")" + " NEAR/2 b" * (20 + i) for i in range(30))
+            + '"}',
+            "feeds.yaml:11:259: topics.ai.query: nested more than 50 deep",
+        ),
     ],
 )
 def test_bad_queries_are_refused_with_their_position(topics: str, expected: str) -> None:

@@ -415,15 +415,16 @@ class Classifier:
             rok, right = self._eval(ctx, node.right, fields)
             if not (lok and rok):
                 return False, []
-            near: list[_Hit] = []
+            # each hit once (by identity: a hit near two others is still one hit), so a
+            # chain a NEAR b NEAR c ... costs pairs of hits, not their products
+            near: dict[int, _Hit] = {}
             for a in left:
+                wa = ctx.word_index(a.start)
                 for b in right:
-                    if (
-                        a.field == b.field
-                        and abs(ctx.word_index(a.start) - ctx.word_index(b.start)) <= node.distance
-                    ):
-                        near += (a, b)
-            return bool(near), near
+                    if a.field == b.field and abs(wa - ctx.word_index(b.start)) <= node.distance:
+                        near[id(a)] = a
+                        near[id(b)] = b
+            return bool(near), list(near.values())
         if isinstance(node, TopicRef):
             return self._topic(ctx, node.name, fields)
         raise TypeError(node)

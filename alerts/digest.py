@@ -1,7 +1,7 @@
 """Email digests: choose a period, build its content, render it (pure); send over SMTP (I/O).
 
-    period_before(schedule, now) | repo.items_seen_between | build_digest | render_digest
-      | build_message | send_email | repo.finish_digest
+    period_before(schedule, now) | repo.claim_digest | repo.items_seen_between | build_digest
+      | render_digest | build_message | send_email | repo.finish_digest
 
 Feed text is data: the HTML template autoescapes every field, links are http(s) only,
 and no feed text ever reaches a mail header (the subject is made of configuration,
@@ -43,6 +43,9 @@ MOST_COVERED = 3
 # it does (a digest is never dropped for a server that is down; refusals that need a
 # person, such as a wrong password, fail it at once)
 RETRY_DELAYS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600)
+# a period still not sent this long after it ended is given up: failed, logged as an
+# error (a recipient whose server answers 4xx for good would keep it retrying forever)
+GIVE_UP_AFTER = timedelta(days=14)
 
 # Template wording per digest language (feeds.yaml digests.NAME.language).
 LABELS: dict[str, dict[str, str]] = {
@@ -601,7 +604,8 @@ def run_digest(
     force: bool = False,
     dry_run: bool = False,
 ) -> DigestResult:
-    """Send one digest period once: recorded in storage, retried later on SMTP trouble."""
+    """Send one digest period once: recorded in storage, retried later on SMTP trouble
+    until GIVE_UP_AFTER past its end."""
     record = repo.digest_record(setup.name, period.start)
     if record is not None and record.status == "sent" and not force and not dry_run:
         when = record.sent_at.strftime("%Y-%m-%d %H:%M UTC") if record.sent_at else "earlier"
@@ -611,8 +615,8 @@ def run_digest(
             " nothing sent (use --force to send it again)",
             period,
         )
-    subject, text, html, count = render_period(repo, setup, period)
     if dry_run:
+        subject, text, html, count = render_period(repo, setup, period)
         return DigestResult(
             "dry-run",
             f"dry run: digest '{setup.name}' for {_describe(period, setup.timezone)}: {count} items"
@@ -621,11 +625,27 @@ def run_digest(
         )  # fmt: skip
     if smtp is None:
         smtp = SmtpSettings.from_env()  # raises DeliveryError naming what is missing
+    # claimed before it is rendered: a period another worker is sending costs no rendering.
+    # A rendering that raises leaves it 'sending', taken again an hour later (claim_digest)
     claimed = repo.claim_digest(setup.name, period.start, period.end, now, force=force)
     if claimed is None:
         return DigestResult("busy", f"digest '{setup.name}' is not due (or is being sent)", period)
-    resume = claimed.status == "sending" and claimed.pending and not force
-    recipients = list(claimed.pending) if resume else list(setup.to)
+    resume = bool(claimed.pending) and not force  # recipients an earlier try did not reach
+    owed = list(claimed.pending) if resume else list(setup.to)
+    if record is not None and not force and now >= period.end + GIVE_UP_AFTER:
+        why = claimed.last_error or "its last try was cut off"
+        error = (f"given up {GIVE_UP_AFTER.days} days after the period ended, never sent to "
+                 f"{', '.join(owed)}; last error: {why}")  # fmt: skip
+        return _failed(repo, setup, period, claimed.attempts + 1, error, owed, True, now,
+                       claimed.items)  # fmt: skip
+    # those still owed it, as far as feeds.yaml still lists them
+    recipients = [r for r in owed if r in setup.to] if resume else owed
+    if not recipients:
+        error = (f"no one to send it to: digests.{setup.name}.to in feeds.yaml no longer "
+                 f"lists {', '.join(owed)}, still owed it")  # fmt: skip
+        return _failed(repo, setup, period, claimed.attempts + 1, error, owed, True, now,
+                       claimed.items)  # fmt: skip
+    subject, text, html, count = render_period(repo, setup, period)
     msg = build_message(
         sender=smtp.sender, recipients=recipients, subject=subject, text=text, html=html, now=now
     )
@@ -661,7 +681,11 @@ def _failed(
         repo.finish_digest(setup.name, period.start, status="failed", now=now, items=count,
                            pending=pending, error=error)  # fmt: skip
         log.error("digest=%s period=%s failed: %s", setup.name, period.start.date(), error)
-        return DigestResult("failed", f"digest '{setup.name}' not sent: {error}", period)
+        return DigestResult(
+            "failed",
+            f"digest '{setup.name}' for {_describe(period, setup.timezone)} not sent: {error}",
+            period,
+        )
     retry_at = now + retry_delay(attempts)
     repo.finish_digest(setup.name, period.start, status="retry", now=now, items=count,
                        pending=pending, error=error, next_attempt=retry_at)  # fmt: skip
@@ -684,28 +708,21 @@ def _describe(period: Period, timezone: str) -> str:
 def due_periods(
     repo: Any, setups: Sequence[DigestSetup], now: datetime
 ) -> list[tuple[DigestSetup, Period]]:
-    """Digests whose last complete period is owed: never sent (and the service was running
-    before it ended), or waiting for a retry that is due."""
+    """Digest periods owed: the last complete one if never recorded (and the service was
+    running before it ended), and every one, however old, waiting for a retry that is due
+    or cut off mid-send (run_digest gives up those older than GIVE_UP_AFTER)."""
     first_seen: datetime | None = None  # read once, and only for a period never recorded
     looked = False
     due = []
     for setup in setups:
         period = period_before(setup.schedule, setup.timezone, now)
-        record = repo.digest_record(setup.name, period.start)
-        if record is None:
+        if repo.digest_record(setup.name, period.start) is None:
             if not looked:
                 first_seen, looked = repo.first_item_seen(), True
             if first_seen is not None and first_seen < period.end:
                 due.append((setup, period))
-        elif record.status == "retry" and record.next_attempt and record.next_attempt <= now:
-            due.append((setup, period))
-        elif record.status == "sending":
-            due.append((setup, period))  # claim_digest takes it only when it is stale
-        # an earlier period still waiting for its server: owed as much as the latest
         due += [
             (setup, Period(r.period_start, r.period_end))
-            for r in repo.digest_records(setup.name, limit=20)
-            if r.period_start < period.start and r.status in ("retry", "sending")
-            and (r.status == "sending" or (r.next_attempt and r.next_attempt <= now))
-        ]  # fmt: skip
+            for r in repo.owed_digests(setup.name, now)
+        ]
     return due

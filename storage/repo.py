@@ -220,6 +220,15 @@ def _to_digest(row: DigestRow) -> DigestRecord:
     )  # fmt: skip
 
 
+def _digest_takeable(now: datetime) -> Any:
+    """A digest period due to be sent again: a retry that is due, or a send cut off
+    mid-way (a crash) an hour ago."""
+    table = DigestRow.__table__
+    due_retry = and_(table.c.status == "retry", table.c.next_attempt <= now)
+    cut_off = and_(table.c.status == "sending", table.c.updated <= now - _STALE_SENDING)
+    return due_retry | cut_off
+
+
 def _to_state(row: FeedRow) -> FeedState:
     return FeedState(
         **{f: getattr(row, f) for f in FeedState.__dataclass_fields__ if hasattr(row, f)}
@@ -973,6 +982,17 @@ class Repository:
                 q = q.where(DigestRow.name == name)
             return [_to_digest(r) for r in s.execute(q).scalars()]
 
+    def owed_digests(self, name: str, now: datetime) -> list[DigestRecord]:
+        """Every period of a digest that claim_digest would take now (a retry that is due,
+        a send cut off an hour ago), oldest first, however many periods came after it."""
+        with Session(self.engine) as s:
+            q = (
+                select(DigestRow)
+                .where(DigestRow.name == name, _digest_takeable(now))
+                .order_by(DigestRow.period_start)
+            )
+            return [_to_digest(r) for r in s.execute(q).scalars()]
+
     def claim_digest(
         self, name: str, start: datetime, end: datetime, now: datetime, *, force: bool = False
     ) -> DigestRecord | None:
@@ -990,12 +1010,7 @@ class Repository:
             if inserted is None:
                 cond = and_(table.c.name == name, table.c.period_start == start)
                 if not force:
-                    # a retry that is due, or a send cut off mid-way (a crash) an hour ago
-                    cond = and_(cond, (
-                        and_(table.c.status == "retry", table.c.next_attempt <= now)
-                        | and_(table.c.status == "sending",
-                               table.c.updated <= now - _STALE_SENDING)
-                    ))  # fmt: skip
+                    cond = and_(cond, _digest_takeable(now))
                 taken = conn.execute(
                     update(table).where(cond).values(status="sending", updated=now)
                 ).rowcount

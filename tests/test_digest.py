@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import trustme
+from sqlalchemy import event
 
 from alerts.digest import (
+    GIVE_UP_AFTER,
     DigestSource,
     Period,
     build_digest,
@@ -419,6 +424,136 @@ def test_a_digest_whose_server_stays_down_is_retried_until_sent_even_a_period_la
         assert run_digest(repo, setup, WEEK, now=next_week, smtp=None).status == "sent"
         assert len(received) == 1
     assert WEEK not in [p for _, p in due_periods(repo, [setup], next_week)]
+
+
+def test_a_period_refused_with_4xx_for_two_weeks_is_given_up_and_logged_as_an_error(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recipient whose server answered 4xx for good kept the period in 'retry' forever."""
+    smtp.refuse["boss@example.org"] = "450 4.2.1 Mailbox busy"
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    assert run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None).status == "retry"
+    # within the bound it is still owed and tried, however late
+    late = WEEK.end + GIVE_UP_AFTER - timedelta(minutes=1)
+    assert WEEK in [p for _, p in due_periods(repo, [setup], late)]
+    assert run_digest(repo, setup, WEEK, now=late, smtp=None).status == "retry"
+    after = repo.digest_record("weekly", WEEK.start).next_attempt
+    assert after > WEEK.end + GIVE_UP_AFTER
+    assert WEEK in [p for _, p in due_periods(repo, [setup], after)]
+    smtp.refuse.clear()  # a try now would reach boss: none is made
+    result = run_digest(repo, setup, WEEK, now=after, smtp=None)
+    assert result.status == "failed"
+    assert result.message == (
+        "digest 'weekly' for 2026-11-16..2026-11-23 not sent: given up 14 days after the period"
+        " ended, never sent to boss@example.org; last error: boss@example.org: 450 4.2.1"
+        " Mailbox busy"
+    )
+    assert [r.rcpt_tos for r in smtp.received] == [["team@example.org"]]
+    record = repo.digest_record("weekly", WEEK.start)
+    assert record.status == "failed" and record.last_error in result.message
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "period=2026-11-16" in logged.getMessage()
+    assert "never sent to boss@example.org" in logged.getMessage()
+    assert WEEK not in [p for _, p in due_periods(repo, [setup], after + timedelta(days=7))]
+
+
+def test_every_owed_period_is_due_however_many_periods_came_after_it(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """due_periods looked back 20 records only: an hourly digest whose retry was still
+    owed a day later was never sent again, nor given up."""
+    setup = replace(setup_of(config_file(tmp_path)), schedule="0 * * * *", timezone="UTC")
+    latest = period_before(setup.schedule, setup.timezone, SENT_AT)
+    hour = timedelta(hours=1)
+    periods = [Period(latest.start - n * hour, latest.end - n * hour) for n in range(30)]
+    for p in periods:
+        repo.claim_digest("weekly", p.start, p.end, p.end)
+        repo.finish_digest("weekly", p.start, status="sent", now=p.end)
+    oldest = periods[-1]  # a server answered 4xx: its retry is due now
+    repo.finish_digest("weekly", oldest.start, status="retry", now=oldest.end,
+                       pending=["boss@example.org"], error="boss@example.org: 450 busy",
+                       next_attempt=SENT_AT - timedelta(minutes=1))  # fmt: skip
+    assert [(s.name, p) for s, p in due_periods(repo, [setup], SENT_AT)] == [("weekly", oldest)]
+
+
+def test_a_retry_goes_only_to_recipients_still_in_feeds_yaml(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """A retry went to every recipient stored as pending, even after feeds.yaml lost them."""
+    smtp.refuse.update({"boss@example.org": "450 4.2.1 Mailbox busy",
+                        "carol@example.org": "450 4.2.1 Mailbox busy"})  # fmt: skip
+    seed(repo, ["AI story"])
+    everyone = "[team@example.org, boss@example.org, carol@example.org]"
+    setup = setup_of(config_file(tmp_path, to=everyone))
+    assert run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None).status == "retry"
+    later = repo.digest_record("weekly", WEEK.start).next_attempt
+    smtp.refuse.clear()
+    setup = setup_of(config_file(tmp_path, to="[team@example.org, carol@example.org]"))
+    assert run_digest(repo, setup, WEEK, now=later, smtp=None).status == "sent"
+    assert [r.rcpt_tos for r in smtp.received] == [["team@example.org"], ["carol@example.org"]]
+
+
+def test_a_retry_whose_recipients_all_left_feeds_yaml_is_finished_unsent(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    smtp.refuse["boss@example.org"] = "450 4.2.1 Mailbox busy"
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    assert run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None).status == "retry"
+    later = repo.digest_record("weekly", WEEK.start).next_attempt
+    smtp.refuse.clear()
+    setup = setup_of(config_file(tmp_path, to="[team@example.org]"))
+    result = run_digest(repo, setup, WEEK, now=later, smtp=None)
+    assert result.status == "failed"
+    assert result.message == (
+        "digest 'weekly' for 2026-11-16..2026-11-23 not sent: no one to send it to:"
+        " digests.weekly.to in feeds.yaml no longer lists boss@example.org, still owed it"
+    )
+    assert [r.rcpt_tos for r in smtp.received] == [["team@example.org"]]
+    assert repo.digest_record("weekly", WEEK.start).status == "failed"
+    assert due_periods(repo, [setup], later + timedelta(days=1)) == []
+
+
+def test_a_period_being_sent_elsewhere_is_not_rendered(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """A period left 'sending' (another worker, or a crash) was rendered every minute,
+    items read and templates run, before claim_digest refused it."""
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    assert repo.claim_digest("weekly", WEEK.start, WEEK.end, SENT_AT) is not None
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    soon = SENT_AT + timedelta(minutes=10)
+    event.listen(repo.engine, "before_cursor_execute", record)
+    try:
+        assert run_digest(repo, setup, WEEK, now=soon, smtp=None).status == "busy"
+    finally:
+        event.remove(repo.engine, "before_cursor_execute", record)
+    assert statements and not [s for s in statements if re.search(r"\bFROM items\b", s)]
+    assert due_periods(repo, [setup], soon) == []  # nor owed until it is an hour old
+    cut_off = SENT_AT + timedelta(hours=1)
+    assert [p for _, p in due_periods(repo, [setup], cut_off)] == [WEEK]
+    assert run_digest(repo, setup, WEEK, now=cut_off, smtp=None).status == "sent"
+    assert len(smtp.received) == 1
+
+
+def test_a_rendering_that_fails_after_the_claim_is_taken_again_an_hour_later(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    with pytest.raises(KeyError):
+        run_digest(repo, replace(setup, subject="{nope}"), WEEK, now=SENT_AT, smtp=None)
+    assert due_periods(repo, [setup], SENT_AT + timedelta(minutes=30)) == []
+    cut_off = SENT_AT + timedelta(hours=1)
+    assert [p for _, p in due_periods(repo, [setup], cut_off)] == [WEEK]
+    assert run_digest(repo, setup, WEEK, now=cut_off, smtp=None).status == "sent"
+    assert len(smtp.received) == 1
 
 
 def test_a_missed_digest_is_owed_by_storage_not_by_the_scheduler(

@@ -975,13 +975,6 @@ class Repository:
             ).scalar()
             return _to_digest(row) if row else None
 
-    def digest_records(self, name: str | None = None, limit: int = 100) -> list[DigestRecord]:
-        with Session(self.engine) as s:
-            q = select(DigestRow).order_by(DigestRow.period_start.desc()).limit(limit)
-            if name is not None:
-                q = q.where(DigestRow.name == name)
-            return [_to_digest(r) for r in s.execute(q).scalars()]
-
     def owed_digests(self, name: str, now: datetime) -> list[DigestRecord]:
         """Every period of a digest that claim_digest would take now (a retry that is due,
         a send cut off an hour ago), oldest first, however many periods came after it."""

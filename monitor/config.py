@@ -213,11 +213,14 @@ class SlackConfig(_Model):
 
 
 def digest_problems(digest: DigestConfig) -> Iterator[tuple[str, str]]:
-    """What is wrong with a digest's timezone, schedule or subject, as (key, message)."""
+    """What is wrong with a digest's recipients, timezone, schedule or subject, as
+    (key, message)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from apscheduler.triggers.cron import CronTrigger
 
+    if not digest.to:
+        yield "to", "lists no one: add the addresses it goes to, like to: [news@example.org]"
     try:
         tz = ZoneInfo(digest.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -43,6 +43,11 @@ def refusal(text: str) -> list[str]:
             GOOD.replace("interval: 1h", "interval: 30s"),
             "feeds.yaml:9:15: feeds[1].interval: must be at least 1m",
         ),
+        (  # a digest for no one: it would be rendered every week and sent nowhere
+            GOOD + "digests:\n  weekly:\n    to: []\n",
+            "feeds.yaml:14:9: digests.weekly.to: lists no one: add the addresses it goes to, "
+            "like to: [news@example.org]",
+        ),
         (  # unknown key, pointing at the key
             GOOD.replace("    language: it\n", "    langauge: it\n"),
             "feeds.yaml:8:5: feeds[1].langauge: unknown key 'langauge'",

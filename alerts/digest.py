@@ -629,7 +629,7 @@ def run_digest(
     # A rendering that raises leaves it 'sending', taken again an hour later (claim_digest)
     claimed = repo.claim_digest(setup.name, period.start, period.end, now, force=force)
     if claimed is None:
-        return DigestResult("busy", f"digest '{setup.name}' is not due (or is being sent)", period)
+        return DigestResult("busy", _not_taken(repo, setup, period), period)
     resume = bool(claimed.pending) and not force  # recipients an earlier try did not reach
     owed = list(claimed.pending) if resume else list(setup.to)
     if record is not None and not force and now >= period.end + GIVE_UP_AFTER:
@@ -697,6 +697,23 @@ def _failed(
         f"{retry_at.strftime('%Y-%m-%d %H:%M UTC')} to {', '.join(pending)}",
         period,
     )
+
+
+def _not_taken(repo: Any, setup: DigestSetup, period: Period) -> str:
+    """Why a period's claim was refused, in words the person at `digest send` can act on."""
+    what = f"digest '{setup.name}' for {_describe(period, setup.timezone)}"
+    record = repo.digest_record(setup.name, period.start)
+    if record is None:  # gone between the claim and now: nothing to say but try again
+        return f"{what} is not due; try again"
+    error = f" (last error: {record.last_error})" if record.last_error else ""
+    if record.status == "retry" and record.next_attempt:
+        return (f"{what} waits for its next try at {record.next_attempt:%Y-%m-%d %H:%M UTC}"
+                f"{error}; --force sends it now")  # fmt: skip
+    if record.status == "failed":
+        return f"{what} was not sent{error}; --force sends it again"
+    if record.status == "sent":
+        return f"{what} was sent meanwhile; nothing sent (use --force to send it again)"
+    return f"{what} is being sent (by the service, or a send that stopped: taken again an hour on)"
 
 
 def _describe(period: Period, timezone: str) -> str:

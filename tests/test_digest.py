@@ -622,3 +622,32 @@ def test_a_stored_story_is_one_entry_with_its_outlets_and_languages() -> None:
     assert top.languages == ("en", "it", "es")
     text, html = render_digest(d)
     assert "en, it, es" in text and "en, it, es" in html
+
+
+def test_a_period_not_taken_says_why_and_what_to_do(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """`digest send` for a period waiting for its retry, or failed for good, answered
+    'is not due (or is being sent)': now when it is tried next, or the error, and --force."""
+    setup = setup_of(config_file(tmp_path))
+    repo.claim_digest("weekly", WEEK.start, WEEK.end, SENT_AT)
+    later = SENT_AT + timedelta(hours=3)
+    repo.finish_digest("weekly", WEEK.start, status="retry", now=SENT_AT,
+                       pending=["boss@example.org"], error="boss@example.org: 450 busy",
+                       next_attempt=later)  # fmt: skip
+    result = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
+    assert (result.status, result.message) == (
+        "busy",
+        f"digest 'weekly' for 2026-11-16..2026-11-23 waits for its next try at "
+        f"{later:%Y-%m-%d %H:%M} UTC (last error: boss@example.org: 450 busy); "
+        "--force sends it now",
+    )
+    repo.claim_digest("weekly", WEEK.start, WEEK.end, later)
+    repo.finish_digest("weekly", WEEK.start, status="failed", now=later,
+                       error="535 authentication failed")  # fmt: skip
+    result = run_digest(repo, setup, WEEK, now=later, smtp=None)
+    assert result.message == (
+        "digest 'weekly' for 2026-11-16..2026-11-23 was not sent (last error: 535 "
+        "authentication failed); --force sends it again"
+    )
+    assert smtp.received == []

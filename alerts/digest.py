@@ -40,8 +40,8 @@ SNIPPET_MAX = 280
 TERMS_MAX = 6
 MOST_COVERED = 3
 # seconds between tries of a digest an SMTP server could not take; then every 6 h until
-# it does (a digest is never dropped for a server that is down; refusals that need a
-# person, such as a wrong password, fail it at once)
+# it does, for GIVE_UP_AFTER (a server down over a weekend costs no digest; refusals
+# that need a person, such as a wrong password, fail it at once)
 RETRY_DELAYS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600)
 # a period still not sent this long after it ended is given up: failed, logged as an
 # error (a recipient whose server answers 4xx for good would keep it retrying forever)
@@ -625,27 +625,26 @@ def run_digest(
         )  # fmt: skip
     if smtp is None:
         smtp = SmtpSettings.from_env()  # raises DeliveryError naming what is missing
-    # claimed before it is rendered: a period another worker is sending costs no rendering.
-    # A rendering that raises leaves it 'sending', taken again an hour later (claim_digest)
+    # claimed before it is rendered: a period another worker is sending costs no rendering
+    # (a rendering that raises leaves it 'sending', taken again an hour later). A forced
+    # send is rendered first: interrupted, it leaves the period as it was (sent, say)
+    rendered = render_period(repo, setup, period) if force else None
     claimed = repo.claim_digest(setup.name, period.start, period.end, now, force=force)
     if claimed is None:
         return DigestResult("busy", _not_taken(repo, setup, period), period)
-    resume = bool(claimed.pending) and not force  # recipients an earlier try did not reach
-    owed = list(claimed.pending) if resume else list(setup.to)
+    # recipients an earlier try did not reach (a digest sent keeps none: it goes to all)
+    owed = list(claimed.pending) or list(setup.to)
     if record is not None and not force and now >= period.end + GIVE_UP_AFTER:
-        why = claimed.last_error or "its last try was cut off"
-        error = (f"given up {GIVE_UP_AFTER.days} days after the period ended, never sent to "
-                 f"{', '.join(owed)}; last error: {why}")  # fmt: skip
-        return _failed(repo, setup, period, claimed.attempts + 1, error, owed, True, now,
-                       claimed.items)  # fmt: skip
-    # those still owed it, as far as feeds.yaml still lists them
-    recipients = [r for r in owed if r in setup.to] if resume else owed
+        return _give_up(repo, setup, period, claimed, owed, now)
+    # those still owed it, as far as feeds.yaml still lists them (an address's case aside)
+    listed = {r.casefold(): r for r in setup.to}
+    recipients = [listed[r.casefold()] for r in owed if r.casefold() in listed]
     if not recipients:
         error = (f"no one to send it to: digests.{setup.name}.to in feeds.yaml no longer "
                  f"lists {', '.join(owed)}, still owed it")  # fmt: skip
         return _failed(repo, setup, period, claimed.attempts + 1, error, owed, True, now,
                        claimed.items)  # fmt: skip
-    subject, text, html, count = render_period(repo, setup, period)
+    subject, text, html, count = rendered or render_period(repo, setup, period)
     msg = build_message(
         sender=smtp.sender, recipients=recipients, subject=subject, text=text, html=html, now=now
     )
@@ -671,6 +670,30 @@ def run_digest(
     log.info("digest=%s period=%s status=%s items=%d", setup.name, period.start.date(), status,
              count)  # fmt: skip
     return DigestResult(status, message, period, subject, text, html)
+
+
+def _give_up(
+    repo: Any, setup: DigestSetup, period: Period, claimed: Any, owed: Sequence[str],
+    now: datetime,
+) -> DigestResult:  # fmt: skip
+    """A period still owed GIVE_UP_AFTER past its end: said, and never tried again."""
+    why = claimed.last_error or "its last try was cut off"
+    if claimed.sent_at is None:
+        error = (f"given up {GIVE_UP_AFTER.days} days after the period ended, never sent to "
+                 f"{', '.join(owed)}; last error: {why}")  # fmt: skip
+        return _failed(repo, setup, period, claimed.attempts + 1, error, owed, True, now,
+                       claimed.items)  # fmt: skip
+    # a forced resend of a digest sent before: it stays sent, the resend is given up
+    error = f"a resend to {', '.join(owed)} was given up; last error: {why}"
+    repo.finish_digest(setup.name, period.start, status="sent", now=now, items=claimed.items,
+                       error=error, sent_at=claimed.sent_at)  # fmt: skip
+    log.error("digest=%s period=%s %s", setup.name, period.start.date(), error)
+    return DigestResult(
+        "failed",
+        f"digest '{setup.name}' for {_describe(period, setup.timezone)} (sent on "
+        f"{claimed.sent_at:%Y-%m-%d %H:%M UTC}): {error}",
+        period,
+    )
 
 
 def _failed(

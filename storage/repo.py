@@ -1022,6 +1022,7 @@ class Repository:
         pending: Sequence[str] = (),
         error: str | None = None,
         next_attempt: datetime | None = None,
+        sent_at: datetime | None = None,  # when it was sent, if not now
     ) -> None:
         table = DigestRow.__table__
         with self.engine.begin() as conn:
@@ -1032,7 +1033,7 @@ class Repository:
                     status=status, attempts=table.c.attempts + 1, items=items,
                     pending=list(pending), last_error=error[:1000] if error else None,
                     next_attempt=next_attempt, updated=now,
-                    sent_at=now if status == "sent" else table.c.sent_at,
+                    sent_at=(sent_at or now) if status == "sent" else table.c.sent_at,
                 )
             )  # fmt: skip
 

@@ -18,6 +18,7 @@ import pytest
 import trustme
 from sqlalchemy import event
 
+import alerts.digest as digest_module
 from alerts.digest import (
     GIVE_UP_AFTER,
     DigestSource,
@@ -651,3 +652,53 @@ def test_a_period_not_taken_says_why_and_what_to_do(
         "authentication failed); --force sends it again"
     )
     assert smtp.received == []
+
+
+def test_force_sends_a_waiting_period_to_those_it_still_owes(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """--force, as the answer above suggests, for a period waiting for boss's server:
+    it went to everyone again, team twice. And feeds.yaml's `Boss@Example.org` is boss."""
+    smtp.refuse["boss@example.org"] = "450 4.2.1 Mailbox busy"
+    seed(repo, ["AI story"])
+    assert run_digest(repo, setup_of(config_file(tmp_path)), WEEK, now=SENT_AT,
+                      smtp=None).status == "retry"  # fmt: skip
+    smtp.refuse.clear()
+    setup = setup_of(config_file(tmp_path, to="[team@example.org, Boss@Example.org]"))
+    result = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None, force=True)
+    assert result.status == "sent"
+    assert [r.rcpt_tos for r in smtp.received] == [["team@example.org"], ["Boss@Example.org"]]
+
+
+def test_a_forced_resend_cut_short_leaves_the_digest_sent(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`digest send --force` of a sent week, interrupted (Ctrl-C) while it rendered, left
+    the week 'sending': the service sent it again an hour later, or past 14 days marked
+    it 'failed, never sent'. Rendered first, an interrupted resend changes nothing."""
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    assert run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None).status == "sent"
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    later = WEEK.end + timedelta(days=20)
+    with monkeypatch.context() as m:
+        m.setattr(digest_module, "render_period", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_digest(repo, setup, WEEK, now=later, smtp=None, force=True)
+    record = repo.digest_record("weekly", WEEK.start)
+    assert (record.status, record.sent_at) == ("sent", SENT_AT)
+    assert WEEK not in [p for _, p in due_periods(repo, [setup], later + timedelta(hours=2))]
+    # a forced resend that meets a 4xx, given up later: still sent, when it was
+    smtp.refuse["boss@example.org"] = "450 4.2.1 Mailbox busy"
+    assert run_digest(repo, setup, WEEK, now=later, smtp=None, force=True).status == "retry"
+    retry_at = repo.digest_record("weekly", WEEK.start).next_attempt
+    result = run_digest(repo, setup, WEEK, now=retry_at, smtp=None)
+    assert result.status == "failed" and "a resend to boss@example.org was given up" in (
+        result.message
+    )
+    record = repo.digest_record("weekly", WEEK.start)
+    assert (record.status, record.sent_at) == ("sent", SENT_AT)
+    assert WEEK not in [p for _, p in due_periods(repo, [setup], retry_at + timedelta(days=1))]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from monitor.classify import ALL, RuleSet, TopicRule, WatchlistRule, compile_rules
+from monitor.classify.engine import RuleError
 from monitor.config import load_config
 from monitor.types import Item
 
@@ -221,3 +222,27 @@ DEFAULT_PACK = load_config(Path(__file__).parent.parent / "feeds.yaml").rules()
 )  # fmt: skip
 def test_default_pack(title: str, summary: str, lang: str, expected: set[str]) -> None:
     assert topics_of(DEFAULT_PACK, title, summary, lang) == expected
+
+
+def test_topics_referring_through_each_other_too_deep_are_refused() -> None:
+    """Each query is bounded alone (50 levels), but 12 topics each nested 48 deep and
+    referring to the next reached RecursionError, a traceback at reload."""
+
+    def chain(n: int, nesting: int) -> RuleSet:
+        def query(i: int) -> str:
+            inner = f"#t{i + 1}" if i < n - 1 else "y"
+            return "(x OR NOT zz " * nesting + inner + ")" * nesting
+
+        return RuleSet(
+            topics=tuple(TopicRule(f"t{i}", f"T{i}", ((ALL, query(i)),)) for i in range(n))
+        )
+
+    with pytest.raises(RuleError) as refused:
+        compile_rules(chain(12, 48))
+    assert refused.value.where == ("topics", "t0")
+    assert str(refused.value) == (
+        "topics.t0: refers through other topics (#t0 -> #t1 -> #t2) to queries nested more "
+        "than 200 deep in all: fewer topics in the chain, or fewer parentheses"
+    )
+    # what a person writes: a few topics, each a few levels deep, all evaluated
+    assert topics_of(chain(12, 3), "y") == {f"t{i}" for i in range(12)}

@@ -26,6 +26,7 @@ from monitor.classify.query import (
     Term,
     TopicRef,
     Watch,
+    height,
     parse_query,
     references,
     walk,
@@ -36,6 +37,9 @@ from monitor.types import Item, Match
 FIELD_NAMES = ("title", "summary", "category")
 FIELD_WEIGHT = (2.0, 1.0, 1.0)  # a term in the title counts double
 ALL = "all"  # the language key of queries that apply to every language
+# levels of queries and the topics they refer to, all told: evaluating recurses through
+# them, two or three Python frames a level (the parser bounds a query alone: 50)
+_MAX_LEVELS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,30 +262,51 @@ class Classifier:
         return node  # TopicRef, resolved when evaluated
 
     def _check_cycles(self, by_id: dict[str, TopicRule]) -> None:
-        def deps(tid: str) -> set[str]:
+        """Refuse topics that refer to each other in a circle, or through so many topics
+        and parentheses that evaluating them would outgrow Python's stack."""
+
+        def deps(tid: str) -> tuple[set[str], int]:
             rule = by_id[tid]
-            out = set()
+            out, levels = set(), 1
             for _, text in rule.queries:
-                out |= references(parse_query(text))[1]
+                node = parse_query(text)
+                out |= references(node)[1]
+                levels = max(levels, height(node) + 1)
             if rule.requires:
                 out.add(rule.requires)
-            return out
+            return out, levels
 
         state: dict[str, int] = {}
+        deepest: dict[str, int] = {}  # a topic's levels, with the deepest it refers to
 
-        def visit(tid: str, path: tuple[str, ...]) -> None:
+        def visit(tid: str, path: tuple[str, ...], above: int) -> int:
             if state.get(tid) == 2:
-                return
+                if above + deepest[tid] > _MAX_LEVELS:
+                    raise _too_deep(path, tid)
+                return deepest[tid]
             if state.get(tid) == 1:
                 cycle = " -> ".join((*path[path.index(tid) :], tid))
                 raise RuleError(("topics", tid), f"topics refer to each other in a circle: {cycle}")
+            refs, levels = deps(tid)
+            if above + levels > _MAX_LEVELS:
+                raise _too_deep(path, tid)
             state[tid] = 1
-            for dep in sorted(deps(tid)):
-                visit(dep, (*path, tid))
+            below = max((visit(d, (*path, tid), above + levels) for d in sorted(refs)), default=0)
             state[tid] = 2
+            deepest[tid] = levels + below
+            return deepest[tid]
+
+        def _too_deep(path: tuple[str, ...], tid: str) -> RuleError:
+            names = [f"#{t}" for t in (*path, tid)]
+            chain = " -> ".join(names if len(names) <= 6 else [*names[:3], "…", *names[-2:]])
+            return RuleError(
+                ("topics", path[0] if path else tid),
+                f"refers through other topics ({chain}) to queries nested more than "
+                f"{_MAX_LEVELS} deep in all: fewer topics in the chain, or fewer parentheses",
+            )
 
         for tid in by_id:
-            visit(tid, ())
+            visit(tid, (), 0)
 
     # -- matching ----------------------------------------------------------------------------
 
@@ -415,15 +440,15 @@ class Classifier:
             rok, right = self._eval(ctx, node.right, fields)
             if not (lok and rok):
                 return False, []
-            # each hit once (by identity: a hit near two others is still one hit), so a
-            # chain a NEAR b NEAR c ... costs pairs of hits, not their products
-            near: dict[int, _Hit] = {}
+            # each hit once (a hit near two others, or the same term found by two
+            # branches, is one hit), so NEARs in NEARs cost pairs of hits, not products
+            near: dict[tuple[int, int, str], _Hit] = {}
             for a in left:
                 wa = ctx.word_index(a.start)
                 for b in right:
                     if a.field == b.field and abs(wa - ctx.word_index(b.start)) <= node.distance:
-                        near[id(a)] = a
-                        near[id(b)] = b
+                        near[a.start, a.end, a.term] = a
+                        near[b.start, b.end, b.term] = b
             return bool(near), list(near.values())
         if isinstance(node, TopicRef):
             return self._topic(ctx, node.name, fields)

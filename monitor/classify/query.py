@@ -246,15 +246,15 @@ class _Parser:
     def near(self) -> Node:
         node = self.primary()
         negated = _has_not(node)
-        height = _height(node)
+        levels = height(node)
         while (tok := self.peek()) is not None and tok.kind == "NEAR":
             self.take()
             right = self.primary()
             if negated or _has_not(right):
                 raise QueryError("NOT cannot be used inside NEAR", tok.pos)
             # a NEAR b NEAR c nests to the left, below whatever its operands hold
-            height = max(height, _height(right)) + 1
-            if self.depth + height > _MAX_DEPTH:
+            levels = max(levels, height(right)) + 1
+            if self.depth + levels > _MAX_DEPTH:
                 raise QueryError(f"nested more than {_MAX_DEPTH} deep", tok.pos)
             node = Near(node, right, int(tok.value))
         return node
@@ -310,12 +310,12 @@ def walk(node: object) -> list[object]:
     return out
 
 
-def _height(node: object) -> int:
+def height(node: object) -> int:
     """Levels below a node (without recursion: the parser measures before anything recurses)."""
-    height, level = 0, [node]
+    levels, level = 0, [node]
     while level := [c for n in level for c in children(n)]:
-        height += 1
-    return height
+        levels += 1
+    return levels
 
 
 def _has_not(node: Node) -> bool:

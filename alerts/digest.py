@@ -750,19 +750,18 @@ def due_periods(
 ) -> list[tuple[DigestSetup, Period]]:
     """Digest periods owed: the last complete one if never recorded (and the service was
     running before it ended), and every one, however old, waiting for a retry that is due
-    or cut off mid-send (run_digest gives up those older than GIVE_UP_AFTER)."""
+    or cut off mid-send (run_digest gives up those older than GIVE_UP_AFTER). Each digest's
+    periods oldest first: readers get them in the order of the weeks they cover."""
     first_seen: datetime | None = None  # read once, and only for a period never recorded
     looked = False
     due = []
     for setup in setups:
+        periods = [Period(r.period_start, r.period_end) for r in repo.owed_digests(setup.name, now)]
         period = period_before(setup.schedule, setup.timezone, now)
         if repo.digest_record(setup.name, period.start) is None:
             if not looked:
                 first_seen, looked = repo.first_item_seen(), True
             if first_seen is not None and first_seen < period.end:
-                due.append((setup, period))
-        due += [
-            (setup, Period(r.period_start, r.period_end))
-            for r in repo.owed_digests(setup.name, now)
-        ]
+                periods.append(period)
+        due += [(setup, p) for p in sorted(periods, key=lambda p: p.start)]
     return due

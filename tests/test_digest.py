@@ -478,6 +478,20 @@ def test_every_owed_period_is_due_however_many_periods_came_after_it(
     assert [(s.name, p) for s, p in due_periods(repo, [setup], SENT_AT)] == [("weekly", oldest)]
 
 
+def test_owed_periods_are_due_oldest_first(repo: Repository, tmp_path: Path) -> None:
+    """The latest period came before an older one owed a retry: after an outage, readers
+    got this week's digest before last week's."""
+    setup = setup_of(config_file(tmp_path))
+    seed(repo, ["AI story"])
+    repo.claim_digest("weekly", WEEK.start, WEEK.end, SENT_AT)
+    repo.finish_digest("weekly", WEEK.start, status="retry", now=SENT_AT,
+                       pending=["boss@example.org"], error="boss@example.org: 450 busy",
+                       next_attempt=SENT_AT + timedelta(hours=6))  # fmt: skip
+    next_week = SENT_AT + timedelta(days=7)
+    following = Period(WEEK.start + timedelta(days=7), WEEK.end + timedelta(days=7))
+    assert [p for _, p in due_periods(repo, [setup], next_week)] == [WEEK, following]
+
+
 def test_a_retry_goes_only_to_recipients_still_in_feeds_yaml(
     repo: Repository, smtp: SmtpServer, tmp_path: Path
 ) -> None:

@@ -63,6 +63,9 @@ def one(query: str, **kw) -> RuleSet:
         ('"AI" NEAR/3 (film OR studio)', "AI is everywhere now in every single film", False),
         ("AI NEAR/2 film NEAR/2 studio NEAR/2 deal", "AI film studio deal", True),
         ("AI NEAR/2 film NEAR/2 studio NEAR/2 deal", "AI film studio: a long tale, no deal", False),
+        ("film NEAR/5 film", "An AI film", False),  # a word is not near itself
+        ("film NEAR/5 film", "AI film, a film of our times", True),
+        ('studio NEAR/3 "studio deal"', "AI studio deal signed", False),  # nor near its phrase
         ("title:AI", "Dubbing news", False),
         ("@studios AND @ai_cos", "Lionsgate signs with Runway", True),
         ("@studios AND @ai_cos", "Lions Gate and Sora", True),

@@ -441,12 +441,17 @@ class Classifier:
             if not (lok and rok):
                 return False, []
             # each hit once (a hit near two others, or the same term found by two
-            # branches, is one hit), so NEARs in NEARs cost pairs of hits, not products
+            # branches, is one hit), so NEARs in NEARs cost pairs of hits, not products;
+            # two places, not one: `film NEAR/5 film` needs the word twice
             near: dict[tuple[int, int, str], _Hit] = {}
             for a in left:
                 wa = ctx.word_index(a.start)
                 for b in right:
-                    if a.field == b.field and abs(wa - ctx.word_index(b.start)) <= node.distance:
+                    if (
+                        a.field == b.field
+                        and (a.end <= b.start or b.end <= a.start)
+                        and abs(wa - ctx.word_index(b.start)) <= node.distance
+                    ):
                         near[a.start, a.end, a.term] = a
                         near[b.start, b.end, b.term] = b
             return bool(near), list(near.values())

@@ -249,3 +249,55 @@ def test_topics_referring_through_each_other_too_deep_are_refused() -> None:
     )
     # what a person writes: a few topics, each a few levels deep, all evaluated
     assert topics_of(chain(12, 3), "y") == {f"t{i}" for i in range(12)}
+
+
+def test_topics_referring_to_one_topic_through_several_pass_up_its_hits_once() -> None:
+    """a -> (b, c) -> a' ... 30 levels: each level doubled the hits passed up (2**30
+    copies of one 'AI': minutes and gigabytes for one item); the check at load was fine."""
+    topics = [TopicRule("top", "Top", ((ALL, "#a0"),))]
+    for i in range(30):
+        topics += [
+            TopicRule(f"a{i}", "x", ((ALL, f"#b{i} OR #c{i}"),), hidden=True),
+            TopicRule(f"b{i}", "x", ((ALL, f"#a{i + 1}"),), hidden=True),
+            TopicRule(f"c{i}", "x", ((ALL, f"#a{i + 1} AND AI"),), hidden=True),
+        ]
+    topics.append(TopicRule("a30", "x", ((ALL, "AI"),), hidden=True))
+    classifier = compile_rules(RuleSet(topics=tuple(topics)))
+    done = threading.Event()
+    got: list = []
+    worker = threading.Thread(
+        target=lambda: (got.append(classifier.classify(item("Studio signs AI deal"))), done.set()),
+        daemon=True,
+    )
+    worker.start()
+    assert done.wait(5), "classifying one item took more than 5 s"
+    ((match,),) = got
+    assert (match.topic, match.terms, match.score) == ("top", ("AI",), 2.0)
+
+
+@pytest.mark.parametrize(
+    "topics, message",
+    [
+        ((("ai", "AI OR #ai", None),), "topics.ai: refers to itself (#ai in its query)"),
+        ((("ai", "AI", "ai"),), "topics.ai: refers to itself (requires: itself)"),
+        ((("a", "#b", None), ("b", "x", "a")),
+         "topics.a: topics refer to each other in a circle: a -> b -> a (b requires: a)"),
+    ],
+)  # fmt: skip
+def test_a_circle_names_how_each_topic_refers_to_the_next(topics, message) -> None:
+    rules = RuleSet(topics=tuple(TopicRule(t, t, ((ALL, q),), requires=r) for t, q, r in topics))
+    with pytest.raises(RuleError) as refused:
+        compile_rules(rules)
+    assert str(refused.value) == message
+
+
+def test_too_deep_through_a_topic_checked_before_names_the_whole_chain() -> None:
+    """top -> l -> d and top -> r -> d: the chain through r was too deep below d, but
+    the refusal named '#top -> #r -> #d', the topics that made it deep left out."""
+    deep = "(x OR " * 45 + "{}" + ")" * 45
+    topics = [("top", "#l OR #r"), ("l", "#d"), ("r", deep.format("#d")),
+              ("d", deep.format("#e")), ("e", deep.format("#f")), ("f", deep.format("#g")),
+              ("g", "(y OR " * 14 + "z" + ")" * 14)]  # fmt: skip
+    with pytest.raises(RuleError) as refused:
+        compile_rules(RuleSet(topics=tuple(TopicRule(t, t, ((ALL, q),)) for t, q in topics)))
+    assert "(#top -> #r -> #d -> #e -> #f -> #g)" in str(refused.value)

@@ -9,6 +9,7 @@ acronyms, has the right case), then each topic's query is evaluated over hits.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -278,6 +279,7 @@ class Classifier:
 
         state: dict[str, int] = {}
         deepest: dict[str, int] = {}  # a topic's levels, with the deepest it refers to
+        via: dict[str, str] = {}  # the topic through which that deepest chain goes
 
         def visit(tid: str, path: tuple[str, ...], above: int) -> int:
             if state.get(tid) == 2:
@@ -285,23 +287,48 @@ class Classifier:
                     raise _too_deep(path, tid)
                 return deepest[tid]
             if state.get(tid) == 1:
-                cycle = " -> ".join((*path[path.index(tid) :], tid))
-                raise RuleError(("topics", tid), f"topics refer to each other in a circle: {cycle}")
+                cycle = (*path[path.index(tid) :], tid)
+                if len(cycle) == 2:
+                    how = (
+                        "requires: itself" if by_id[tid].requires == tid else f"#{tid} in its query"
+                    )
+                    raise RuleError(("topics", tid), f"refers to itself ({how})")
+                # an edge that is a requires: is not seen by looking for #name in queries
+                required = [
+                    f"{a} requires: {b}"
+                    for a, b in itertools.pairwise(cycle)
+                    if by_id[a].requires == b and b not in _refs(a)
+                ]
+                note = f" ({'; '.join(required)})" if required else ""
+                raise RuleError(
+                    ("topics", tid),
+                    f"topics refer to each other in a circle: {' -> '.join(cycle)}{note}",
+                )
             refs, levels = deps(tid)
             if above + levels > _MAX_LEVELS:
                 raise _too_deep(path, tid)
             state[tid] = 1
-            below = max((visit(d, (*path, tid), above + levels) for d in sorted(refs)), default=0)
+            below = 0
+            for d in sorted(refs):
+                got = visit(d, (*path, tid), above + levels)
+                if got > below:
+                    below, via[tid] = got, d
             state[tid] = 2
             deepest[tid] = levels + below
             return deepest[tid]
 
+        def _refs(tid: str) -> set[str]:
+            return {r for _, text in by_id[tid].queries for r in references(parse_query(text))[1]}
+
         def _too_deep(path: tuple[str, ...], tid: str) -> RuleError:
-            names = [f"#{t}" for t in (*path, tid)]
-            chain = " -> ".join(names if len(names) <= 6 else [*names[:3], "…", *names[-2:]])
+            chain = [*path, tid]
+            while chain[-1] in via:  # a topic checked before: the chain it leads to, named
+                chain.append(via[chain[-1]])
+            names = [f"#{t}" for t in chain]
+            shown = " -> ".join(names if len(names) <= 6 else [*names[:3], "…", *names[-2:]])
             return RuleError(
                 ("topics", path[0] if path else tid),
-                f"refers through other topics ({chain}) to queries nested more than "
+                f"refers through other topics ({shown}) to queries nested more than "
                 f"{_MAX_LEVELS} deep in all: fewer topics in the chain, or fewer parentheses",
             )
 
@@ -387,6 +414,9 @@ class Classifier:
                     if o:
                         ok = True
                         hits += h
+            # each place and term once: topics referring to one topic through several
+            # others (a -> b, c -> d, 30 levels deep) passed up 2**30 copies of d's hits
+            hits = list({(h.start, h.end, h.term): h for h in hits}.values())
             if ok and rule.min_score:
                 score = self._match(ctx, tid, hits).score if hits else 0.0
                 ok = score >= rule.min_score

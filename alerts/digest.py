@@ -617,10 +617,12 @@ def run_digest(
         )
     if dry_run:
         subject, text, html, count = render_period(repo, setup, period)
+        owed = record.pending if record is not None and record.status != "sent" else ()
+        to = _recipients(setup, owed) or _recipients(setup, ())
         return DigestResult(
             "dry-run",
             f"dry run: digest '{setup.name}' for {_describe(period, setup.timezone)}: {count} items"
-            f" to {', '.join(setup.to)}; nothing sent or recorded",
+            f" to {', '.join(to)}; nothing sent or recorded",
             period, subject, text, html,
         )  # fmt: skip
     if smtp is None:
@@ -637,13 +639,14 @@ def run_digest(
     if record is not None and not force and now >= period.end + GIVE_UP_AFTER:
         return _give_up(repo, setup, period, claimed, owed, now)
     # those still owed it, as far as feeds.yaml still lists them (an address's case aside)
-    listed = {r.casefold(): r for r in setup.to}
-    recipients = [listed[r.casefold()] for r in owed if r.casefold() in listed]
+    recipients = _recipients(setup, owed)
+    if not recipients and force:  # --force, once feeds.yaml lists others: to them
+        recipients = _recipients(setup, ())
     if not recipients:
         error = (f"no one to send it to: digests.{setup.name}.to in feeds.yaml no longer "
                  f"lists {', '.join(owed)}, still owed it")  # fmt: skip
         return _failed(repo, setup, period, claimed.attempts + 1, error, owed, True, now,
-                       claimed.items)  # fmt: skip
+                       claimed.items, claimed.sent_at)  # fmt: skip
     subject, text, html, count = rendered or render_period(repo, setup, period)
     msg = build_message(
         sender=smtp.sender, recipients=recipients, subject=subject, text=text, html=html, now=now
@@ -652,20 +655,27 @@ def run_digest(
         outcome = send_email(smtp, msg, recipients)
     except DeliveryError as exc:
         return _failed(repo, setup, period, claimed.attempts + 1, str(exc), recipients,
-                       exc.permanent, now, count)  # fmt: skip
+                       exc.permanent, now, count, claimed.sent_at)  # fmt: skip
     problems = "; ".join(f"{r}: {a}" for r, a in {**outcome.permanent, **outcome.temporary}.items())
+    if outcome.permanent and (outcome.accepted or outcome.temporary):
+        # said now, as an error: a retry goes to the others only, and its success forgets these
+        refused = "; ".join(f"{r}: {a}" for r, a in outcome.permanent.items())
+        log.error("digest=%s period=%s refused for good: %s", setup.name, period.start.date(),
+                  refused)  # fmt: skip
     if outcome.temporary:
         return _failed(repo, setup, period, claimed.attempts + 1, problems,
-                       list(outcome.temporary), False, now, count)  # fmt: skip
+                       list(outcome.temporary), False, now, count, claimed.sent_at)  # fmt: skip
+    if not outcome.accepted:
+        return _failed(repo, setup, period, claimed.attempts + 1, f"refused for good: {problems}",
+                       (), True, now, count, claimed.sent_at)  # fmt: skip
     status = "sent"
     message = f"sent digest '{setup.name}' for {_describe(period, setup.timezone)} ({count} items)"
     message += f" to {', '.join(outcome.accepted)}"
     if outcome.permanent:
         message += f"; refused for good: {problems}"
-        status = "partial" if outcome.accepted else "failed"
+        status = "partial"
     repo.finish_digest(
-        setup.name, period.start, status="sent" if outcome.accepted else "failed", now=now,
-        items=count, error=problems or None,
+        setup.name, period.start, status="sent", now=now, items=count, error=problems or None,
     )  # fmt: skip
     log.info("digest=%s period=%s status=%s items=%d", setup.name, period.start.date(), status,
              count)  # fmt: skip
@@ -696,10 +706,33 @@ def _give_up(
     )
 
 
+def _recipients(setup: DigestSetup, owed: Sequence[str]) -> list[str]:
+    """Those of `owed` (everyone, when empty) feeds.yaml still lists, as it spells them,
+    each once (an address's case aside)."""
+    listed: dict[str, str] = {}
+    for r in setup.to:
+        listed.setdefault(r.casefold(), r)
+    if not owed:
+        return list(listed.values())
+    return list(dict.fromkeys(listed[r.casefold()] for r in owed if r.casefold() in listed))
+
+
 def _failed(
     repo: Any, setup: DigestSetup, period: Period, attempts: int, error: str,
     pending: Sequence[str], permanent: bool, now: datetime, count: int,
+    sent_at: datetime | None = None,  # a forced resend of a digest sent then
 ) -> DigestResult:  # fmt: skip
+    if permanent and sent_at is not None:  # the resend failed: the digest stays sent
+        error = f"a resend to {', '.join(pending) or 'its recipients'} failed: {error}"
+        repo.finish_digest(setup.name, period.start, status="sent", now=now, items=count,
+                           error=error, sent_at=sent_at)  # fmt: skip
+        log.error("digest=%s period=%s %s", setup.name, period.start.date(), error)
+        return DigestResult(
+            "failed",
+            f"digest '{setup.name}' for {_describe(period, setup.timezone)} (sent on "
+            f"{sent_at:%Y-%m-%d %H:%M UTC}): {error}",
+            period,
+        )
     if permanent:
         repo.finish_digest(setup.name, period.start, status="failed", now=now, items=count,
                            pending=pending, error=error)  # fmt: skip
@@ -714,10 +747,15 @@ def _failed(
                        pending=pending, error=error, next_attempt=retry_at)  # fmt: skip
     log.warning("digest=%s period=%s will retry at %s: %s", setup.name, period.start.date(),
                 retry_at.isoformat(timespec="seconds"), error)  # fmt: skip
+    when = f"{retry_at:%Y-%m-%d %H:%M UTC}"
+    if retry_at >= period.end + GIVE_UP_AFTER:  # the service gives it up then, untried
+        after = (f"given up at {when}, {GIVE_UP_AFTER.days} days past the period's end, "
+                 f"without a try (--force tries again)")  # fmt: skip
+    else:
+        after = f"retrying at {when}"
     return DigestResult(
         "retry",
-        f"digest '{setup.name}' not sent yet: {error}; retrying at "
-        f"{retry_at.strftime('%Y-%m-%d %H:%M UTC')} to {', '.join(pending)}",
+        f"digest '{setup.name}' not sent yet: {error}; {after} to {', '.join(pending)}",
         period,
     )
 
@@ -736,7 +774,8 @@ def _not_taken(repo: Any, setup: DigestSetup, period: Period) -> str:
         return f"{what} was not sent{error}; --force sends it again"
     if record.status == "sent":
         return f"{what} was sent meanwhile; nothing sent (use --force to send it again)"
-    return f"{what} is being sent (by the service, or a send that stopped: taken again an hour on)"
+    return (f"{what} is being sent (by the service, or a send that stopped: taken again an "
+            f"hour on); nothing sent, not even with --force")  # fmt: skip
 
 
 def _describe(period: Period, timezone: str) -> str:

@@ -221,6 +221,11 @@ def digest_problems(digest: DigestConfig) -> Iterator[tuple[str, str]]:
 
     if not digest.to:
         yield "to", "lists no one: add the addresses it goes to, like to: [news@example.org]"
+    seen: dict[str, int] = {}
+    for i, address in enumerate(digest.to):
+        if (first := seen.setdefault(address.casefold(), i)) != i:
+            yield "to", (f"lists {digest.to[first]!r} twice (as {address!r}): it would get "
+                         "each digest twice")  # fmt: skip
     try:
         tz = ZoneInfo(digest.timezone)
     except (ZoneInfoNotFoundError, ValueError):

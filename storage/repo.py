@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -989,8 +990,9 @@ class Repository:
     def claim_digest(
         self, name: str, start: datetime, end: datetime, now: datetime, *, force: bool = False
     ) -> DigestRecord | None:
-        """Take a digest period for sending: a new period, one due for a retry, or any with
-        force. None when it is not to be sent (sent, failed, or another worker has it)."""
+        """Take a digest period for sending: a new period, one due for a retry, or with
+        force any but one another worker is sending. None when it is not to be sent
+        (sent, failed, or another worker has it)."""
         table = DigestRow.__table__
         with self.engine.begin() as conn:
             inserted = conn.execute(
@@ -1004,6 +1006,9 @@ class Repository:
                 cond = and_(table.c.name == name, table.c.period_start == start)
                 if not force:
                     cond = and_(cond, _digest_takeable(now))
+                else:  # not a send under way in another process: both would send it
+                    stale = table.c.updated <= now - _STALE_SENDING
+                    cond = and_(cond, or_(table.c.status != "sending", stale))
                 taken = conn.execute(
                     update(table).where(cond).values(status="sending", updated=now)
                 ).rowcount

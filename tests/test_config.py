@@ -387,3 +387,13 @@ def test_shipped_feeds_yaml_is_valid_and_covers_the_outlets_users_expect() -> No
 )
 def test_a_valid_file_reads_the_same_by_the_fast_and_the_careful_loader(text: str) -> None:
     assert parse_config(text) == parse_config(text, fast=False)
+
+
+def test_a_digest_listing_an_address_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.yaml"
+    path.write_text(GOOD + "digests:\n  weekly:\n    to: [team@example.org, Team@Example.org]\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "digests.weekly.to: lists 'team@example.org' twice (as 'Team@Example.org')" in str(
+        refused.value
+    )

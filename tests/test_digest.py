@@ -717,3 +717,103 @@ def test_a_forced_resend_cut_short_leaves_the_digest_sent(
     record = repo.digest_record("weekly", WEEK.start)
     assert (record.status, record.sent_at) == ("sent", SENT_AT)
     assert WEEK not in [p for _, p in due_periods(repo, [setup], retry_at + timedelta(days=1))]
+
+
+def test_force_reaches_the_recipients_feeds_yaml_lists_now(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """boss's server said 4xx, then feeds.yaml replaced boss with boss2: the retry failed
+    'no one to send it to', and --force (which the answer suggests) failed the same way,
+    for ever: the period could not reach anyone feeds.yaml lists."""
+    smtp.refuse["boss@example.org"] = "450 4.2.1 Mailbox busy"
+    seed(repo, ["AI story"])
+    assert run_digest(repo, setup_of(config_file(tmp_path)), WEEK, now=SENT_AT,
+                      smtp=None).status == "retry"  # fmt: skip
+    later = repo.digest_record("weekly", WEEK.start).next_attempt
+    setup = setup_of(config_file(tmp_path, to="[team@example.org, boss2@example.org]"))
+    assert run_digest(repo, setup, WEEK, now=later, smtp=None).status == "failed"
+    assert run_digest(repo, setup, WEEK, now=later, smtp=None, force=True).status == "sent"
+    assert [r.rcpt_tos for r in smtp.received][1:] == [["team@example.org", "boss2@example.org"]]
+
+
+def test_a_forced_resend_refused_for_good_leaves_the_digest_sent(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resend every recipient refused (550) turned the sent week into 'failed', and
+    `digest send` then said it 'was not sent'; the CLI printed 'sent digest ... to ;'."""
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    assert run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None).status == "sent"
+    smtp.refuse.update({"boss@example.org": "550 no", "team@example.org": "550 no"})
+    result = run_digest(repo, setup, WEEK, now=SENT_AT + timedelta(days=1), smtp=None, force=True)
+    assert result.status == "failed" and "sent digest" not in result.message
+    assert "(sent on 2026-11-23 07:01 UTC): a resend to its recipients failed" in result.message
+    record = repo.digest_record("weekly", WEEK.start)
+    assert (record.status, record.sent_at) == ("sent", SENT_AT)
+    again = run_digest(repo, setup, WEEK, now=SENT_AT + timedelta(days=1), smtp=None)
+    assert again.status == "already-sent"
+
+
+def test_a_first_send_refused_for_good_by_everyone_says_not_sent(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    smtp.refuse.update({"boss@example.org": "550 no", "team@example.org": "550 no"})
+    seed(repo, ["AI story"])
+    result = run_digest(repo, setup_of(config_file(tmp_path)), WEEK, now=SENT_AT, smtp=None)
+    assert result.status == "failed"
+    assert result.message.startswith("digest 'weekly' for 2026-11-16..2026-11-23 not sent: "
+                                     "refused for good: ")  # fmt: skip
+
+
+def test_a_refusal_for_good_beside_a_temporary_one_is_logged_as_an_error(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """carol 550 and boss 450: the warning said 'will retry', the retry reached boss and
+    the record ended 'sent' with no error: carol's refusal was never an error line."""
+    smtp.refuse.update({"boss@example.org": "450 busy", "carol@example.org": "550 no such user"})
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path, to="[team@example.org, boss@example.org, "
+                                              "carol@example.org]"))  # fmt: skip
+    assert run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None).status == "retry"
+    (logged,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "refused for good: carol@example.org: 550 no such user" in logged
+
+
+def test_force_does_not_take_a_period_another_process_is_sending(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The service had claimed the week and was sending it: --force sent it as well."""
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    repo.claim_digest("weekly", WEEK.start, WEEK.end, SENT_AT)
+    soon = SENT_AT + timedelta(minutes=1)
+    result = run_digest(repo, setup, WEEK, now=soon, smtp=None, force=True)
+    assert result.status == "busy" and "not even with --force" in result.message
+    assert smtp.received == []
+    # a claim an hour old is a send that stopped: --force takes it
+    later = SENT_AT + timedelta(hours=1)
+    assert run_digest(repo, setup, WEEK, now=later, smtp=None, force=True).status == "sent"
+
+
+def test_a_forced_send_past_the_give_up_bound_does_not_promise_a_retry(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """--force 20 days on met a 4xx: 'retrying at ...', but that retry gave up untried."""
+    smtp.refuse["boss@example.org"] = "450 greylisted"
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path, to="[boss@example.org]"))
+    late = WEEK.end + timedelta(days=20)
+    result = run_digest(repo, setup, WEEK, now=late, smtp=None, force=True)
+    assert result.status == "retry" and "retrying at" not in result.message
+    assert "given up at" in result.message and "--force tries again" in result.message
+
+
+def test_a_dry_run_names_whom_a_send_would_reach(
+    repo: Repository, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    smtp.refuse["boss@example.org"] = "450 busy"
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
+    result = run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None, dry_run=True)
+    assert " to boss@example.org; nothing sent" in result.message

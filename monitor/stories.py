@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -38,8 +38,9 @@ class StoryRules:
     min_shared_entities: int = 2
 
 
-# A new item's words are a set; a kept signature's a tuple of distinct words: a
-# comparison reads one of the two as a set, and a 150-word set takes 8 KB, its tuple 1.2.
+# A new item's words and names are sets; a kept signature's are sorted tuples of the
+# strings every kept signature shares: a comparison reads one of the two as a set, and
+# a 150-word set takes 8 KB, its tuple 1.2 (the story cache holds thousands of them).
 Words = frozenset[str] | tuple[str, ...]
 
 
@@ -48,13 +49,13 @@ class Signature:
     url: str | None
     title_key: str
     words: Words
-    entities: frozenset[str]
-    topics: frozenset[str]
-    title_entities: frozenset[str] = frozenset()  # the names the headline is about
+    entities: Words
+    topics: Words
+    title_entities: Words = frozenset()  # the names the headline is about
     lead: str | None = None  # the headline's first name: whom the story is about
-    numbers: frozenset[str] = frozenset()  # figures (20,000 titles; €600,000): any language
+    numbers: Words = frozenset()  # figures (20,000 titles; €600,000): any language
     # maybe names, never a lead: German nouns, a sentence's unconfirmed first word
-    weak: frozenset[str] = frozenset()
+    weak: Words = frozenset()
     # its names arranged for comparing, made on its first comparison (a story's members
     # are compared with every new item); not stored (to_json), and pickled only fresh
     # (workers send signatures before any comparison)
@@ -81,10 +82,13 @@ class Signature:
 
     def kept(self) -> Signature:
         """The same signature as a story keeps it in memory, as from_json reads it: its
-        words a sorted tuple of the strings every kept signature shares (a story's
-        reports repeat most of each other's). Its other sets are this one's: storage
-        keeps signatures it has interned."""
-        kept = replace(self, words=tuple(sorted(map(sys.intern, self.words))))
+        words and names sorted tuples of the strings every kept signature shares (a
+        story's reports repeat most of each other's)."""
+        kept = replace(
+            self, words=_kept(self.words), entities=_kept(self.entities),
+            topics=_kept(self.topics), title_entities=_kept(self.title_entities),
+            numbers=_kept(self.numbers), weak=_kept(self.weak),
+        )  # fmt: skip
         object.__setattr__(kept, "_names", self._names)  # the same names, made once
         return kept
 
@@ -92,16 +96,16 @@ class Signature:
     def from_json(cls, data: dict[str, object]) -> Signature:
         def listed(key: str) -> list[str]:
             value = data.get(key) or []
-            return [sys.intern(str(v)) for v in value] if isinstance(value, list) else []
+            return [str(v) for v in value] if isinstance(value, list) else []
 
-        def words(key: str) -> frozenset[str]:
-            return frozenset(listed(key))
+        def words(key: str) -> tuple[str, ...]:
+            return _kept(listed(key))  # kept: see Signature.kept
 
         url = data.get("url")
         return cls(
             url if isinstance(url, str) else None,
             str(data.get("title_key") or ""),
-            tuple(sorted(set(listed("words")))),  # kept: see Signature.kept
+            words("words"),
             words("entities"),
             words("topics"),
             words("title_entities"),
@@ -111,8 +115,19 @@ class Signature:
         )
 
 
-def _interned(words: frozenset[str]) -> frozenset[str]:
+def _interned(words: Words) -> frozenset[str]:
     return frozenset(map(sys.intern, words))
+
+
+def _kept(words: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(map(sys.intern, words))))
+
+
+def _common(a: Words, b: Words) -> frozenset[str]:
+    """What two signatures' sets or kept tuples share (the set, if either is one, looks up)."""
+    if isinstance(a, tuple):
+        a, b = (b, a) if isinstance(b, frozenset) else (frozenset(a), b)
+    return a.intersection(b)
 
 
 # Outlet suffixes syndication adds to titles: "… | Variety", "… - Deadline".
@@ -306,35 +321,33 @@ def keys(sig: Signature) -> set[str]:
 def _jaccard(a: Words, b: Words) -> float:
     if not a or not b:
         return 0.0
-    if isinstance(a, tuple):  # the set, if either is one, does the looking up
-        a, b = (b, a) if isinstance(b, frozenset) else (frozenset(a), b)
-    shared = len(a.intersection(b))
+    shared = len(_common(a, b))
     return shared / (len(a) + len(b) - shared)
 
 
 class _Names:
     """A signature's names as comparisons read them: found through their words. Kept
     small (it lives as long as its signature in the story cache): the names and words
-    are the signature's own strings, and the weak names its own set."""
+    are the signature's own strings, a word of one name maps to that name itself, and
+    the weak names are the signature's own."""
 
-    __slots__ = ("all_words", "by_word", "weak")
+    __slots__ = ("by_word", "weak", "weak_words")
 
-    def __init__(self, entities: frozenset[str], weak: frozenset[str]):
-        by_word: dict[str, tuple[str, ...]] = {}
+    def __init__(self, entities: Words, weak: Words):
+        by_word: dict[str, str | tuple[str, ...]] = {}
         for name in entities:
             for word in dict.fromkeys(name.split()):
-                by_word[sys.intern(word)] = (*by_word.get(word, ()), name)
+                had = by_word.get(word)
+                by_word[sys.intern(word)] = name if had is None else (*_each(had), name)
         self.by_word = by_word
-        # every word of every name and of the weak ones; None without weak names, as
-        # by_word's keys are those words then (a view would not pickle, a copy costs)
-        self.all_words = by_word.keys() | {w for n in weak for w in n.split()} if weak else None
+        # the words of weak names that no name has (None without: most signatures)
+        extra = {w for n in weak for w in n.split()} - by_word.keys()
+        self.weak_words = frozenset(extra) if extra else None
         self.weak = weak
 
-    def words(self) -> Set[str]:
-        return self.by_word.keys()
 
-    def words_with_weak(self) -> Set[str]:
-        return self.by_word.keys() if self.all_words is None else self.all_words
+def _each(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else names
 
 
 def _named(name: str, names: _Names) -> bool:
@@ -344,7 +357,7 @@ def _named(name: str, names: _Names) -> bool:
     a = f" {name} "
     for word in name.split():
         # one padded name inside another shares its words: only those are read
-        for other in names.by_word.get(word, ()):
+        for other in _each(names.by_word.get(word, ())):
             b = f" {other} "
             if a in b or b in a:
                 return True
@@ -354,10 +367,13 @@ def _named(name: str, names: _Names) -> bool:
 def _named_by(names: _Names, other: _Names) -> set[str]:
     """The names of `names` that `other` names (see _named): only a name sharing a word
     with the other's names can be."""
-    common = names.words() & other.words_with_weak()
+    mine = names.by_word.keys()
+    common = mine & other.by_word.keys()
+    if other.weak_words is not None:
+        common |= mine & other.weak_words
     if not common:
         return set()
-    maybe = {name for word in common for name in names.by_word[word]}
+    maybe = {name for word in common for name in _each(names.by_word[word])}
     return {name for name in maybe if _named(name, other)}
 
 
@@ -374,7 +390,7 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
     if new.title_key and new.title_key == story.title_key:
         return "same title", True
     text = _jaccard(new.words, story.words)
-    topics_agree = not new.topics or not story.topics or bool(new.topics & story.topics)
+    topics_agree = not new.topics or not story.topics or bool(_common(new.topics, story.topics))
     if text < rules.similarity and not topics_agree:
         return None  # what follows needs near-duplicate text or a topic in common
     # a name is shared when the other report names it, perhaps in a longer or shorter
@@ -397,7 +413,7 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
     story_lead_named = story.lead is None or _named(story.lead, new_names)
     if not topics_agree:
         return None
-    figures = new.numbers & story.numbers
+    figures = _common(new.numbers, story.numbers)
     # two figures, one of them telling (95.04% and 15.17%; 2027 and €600,000), and a
     # name: the same event, whichever name each headline opens with
     if count and len(figures) >= 2 and _figures(figures) and (new_lead_named or story_lead_named):

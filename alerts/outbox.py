@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alerts.slack import SlackMessage, render_alert, render_followup, render_summary
 from monitor.errors import DeliveryError
-from storage.repo import DELIVERY_LEASE, PendingDelivery, Repository, StoryInfo
+from storage.types import DELIVERY_LEASE, PendingDelivery, StoryInfo
+
+if TYPE_CHECKING:
+    from storage.repo import Repository
 
 log = logging.getLogger(__name__)
 

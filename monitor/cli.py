@@ -9,7 +9,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,50 +17,12 @@ from typing import Any
 from monitor import __version__
 from monitor.config import Config, config_path, load_config, parse_duration
 from monitor.errors import ConfigError
+from monitor.logs import setup_logging
 from monitor.normalize import shown_url
 
 log = logging.getLogger("reelwatch")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class _KeyValueFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="seconds")
-        text = f"{ts} {record.levelname.lower()} {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)  # monitor.metrics.log_fields: one per key
-        if isinstance(fields, dict):
-            out["msg"] = getattr(record, "event", out["msg"])
-            out.update((k, v) for k, v in fields.items() if k not in out)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _KeyValueFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "apscheduler", "watchfiles", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # slack-sdk logs a failed request with its URL (a webhook's is its secret); the outbox
-    # says every failure itself, without it
-    logging.getLogger("slack_sdk").setLevel(logging.CRITICAL)
 
 
 def _duration_arg(text: str) -> timedelta:
@@ -221,16 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 # The modules a command needs beyond the CLI's own, imported before it starts when
 # main() is given after_imports (see monitor.launch); the others import on use.
 _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "run": ("monitor.scheduler", "monitor.pipeline", "alerts.outbox"),
-    "poll": ("monitor.pipeline", "alerts.outbox"),
-    "feeds": ("storage",),
-    "items": ("storage",),
-    "health": ("storage",),
-    "deliveries": ("storage",),
-    "reclassify": ("storage", "monitor.pipeline"),
-    "digest": ("storage", "alerts.digest"),
-    "stories": ("storage",),
-    "db": ("storage",),
+    "run": ("monitor.scheduler", "monitor.pipeline", "alerts.outbox", "storage.remote"),
+    "poll": ("monitor.pipeline", "alerts.outbox", "storage.remote"),
+    "feeds": ("storage.repo",),
+    "items": ("storage.repo",),
+    "health": ("storage.repo",),
+    "deliveries": ("storage.repo",),
+    "reclassify": ("storage.repo", "monitor.pipeline"),
+    "digest": ("storage.repo", "alerts.digest"),
+    "stories": ("storage.repo",),
+    "db": ("storage.repo",),
 }
 
 
@@ -298,22 +260,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alerts.slack import SlackSettings
     from monitor.pipeline import Poller
     from monitor.scheduler import Service
-    from storage.db import DatabaseLockedError, exclusive_run
+    from storage.types import DatabaseLockedError
 
     config = _load(args)
-    repo = _repo()
     slack = SlackSettings.from_env()
     if args.worker:
-        return _run_worker(args, config, repo, slack)
-    try:
-        with exclusive_run(repo.engine):
-            repo.release_leases()  # the one run on this database: nothing is held by others
-            poller = Poller(config, repo, router=_router(config, slack))
-            return _run_service(Service, args, config, poller, slack)
-    except DatabaseLockedError as exc:
-        print(f"reelwatch run: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+        return _run_worker(args, config, _repo(), slack)
+    with _storage() as repo:
+        try:
+            with repo.exclusive_run():
+                repo.release_leases()  # the one run on this database: nothing is held by others
+                poller = Poller(config, repo, router=_router(config, slack))
+                return _run_service(Service, args, config, poller, slack)
+        except DatabaseLockedError as exc:
+            print(f"reelwatch run: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+
+
+@contextlib.contextmanager
+def _storage() -> Iterator[Any]:
+    """The repository in a process of its own (storage.remote), its schema up to date."""
+    from storage.remote import RemoteRepository
+
+    with RemoteRepository() as repo:
+        repo.create_schema()
+        yield repo
 
 
 def _run_worker(args: argparse.Namespace, config: Config, repo: Any, slack: Any) -> int:
@@ -352,7 +323,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from alerts.slack import SlackSettings
     from monitor.metrics import CYCLE_EVENT, PollCycle, log_fields
     from monitor.pipeline import Poller, utcnow
-    from storage.db import DatabaseLockedError, exclusive_run
+    from storage.types import DatabaseLockedError
 
     config = _load(args)
     feeds = [f for f in config.feeds if f.enabled]
@@ -364,11 +335,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
-    repo = _repo()
     slack = SlackSettings.from_env()
     cycle = PollCycle()
     try:
-        with exclusive_run(repo.engine):
+        with _storage() as repo, repo.exclusive_run():
             # read once the poll is ours: a poll that just ended elsewhere left newer ones
             states = repo.feed_states()
             gone = [

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from alerts.notices import render_health_notice
 from alerts.slack import SlackMessage
@@ -22,7 +23,10 @@ from monitor.decide import decide_notices, health_flags
 from monitor.errors import DeliveryError
 from monitor.normalize import shown_url
 from monitor.types import FeedState, HealthNotice
-from storage.repo import FeedActivity, Repository
+from storage.types import FeedActivity
+
+if TYPE_CHECKING:
+    from storage.repo import Repository
 
 log = logging.getLogger(__name__)
 

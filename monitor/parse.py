@@ -34,7 +34,7 @@ from monitor.normalize import (
     plausible_published,
 )
 from monitor.stories import Signature, signature
-from monitor.types import Item, Match, ParsedFeed
+from monitor.types import Item, Match, ParsedBlob, ParsedFeed
 
 MAX_ITEMS = 5_000  # entries kept from one document, in document order (newest first in practice)
 # entries a document may hold at all: feedparser reads every one before any is dropped,
@@ -148,6 +148,12 @@ def parse_and_classify(job: ParseJob) -> ParsedFeed:
     return ParsedFeed(
         parsed.title, parsed.language, parsed.items, matches, parsed.warning, signatures
     )
+
+
+def parse_to_blob(job: ParseJob) -> ParsedBlob:
+    """parse_and_classify, its result pickled here: the service passes it to storage
+    without reading its items (see ParsedBlob)."""
+    return ParsedBlob.of(parse_and_classify(job))
 
 
 def repair_utf8(body: bytes, content_type: str) -> bytes:

@@ -3,7 +3,7 @@
 Orchestration only, like reader's Pipeline: the decisions live in decide.py,
 parse.py and classify/, the I/O in fetch.py and storage/.
 
-    repo.feed_state | fetcher.fetch | pool(parse_and_classify)
+    repo.feed_state | fetcher.fetch | pool(parse_to_blob)
         | decide_feed_update | repo.store_poll
 """
 
@@ -21,7 +21,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from alerts.routing import Router
@@ -30,9 +30,12 @@ from monitor.decide import decide_feed_update
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import Fetcher, HostTurn
 from monitor.normalize import shown_url
-from monitor.parse import ParseJob, init_parse_worker, parse_and_classify
-from monitor.types import FeedState, ParsedFeed, PollOutcome
-from storage.repo import PollWrite, Repository, StoreResult
+from monitor.parse import ParseJob, init_parse_worker, parse_to_blob
+from monitor.types import FeedState, ParsedBlob, PollOutcome
+from storage.types import PollWrite, StoreResult
+
+if TYPE_CHECKING:
+    from storage.repo import Repository
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,13 +149,13 @@ class Poller:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._db.shutdown(wait=True)
 
-    async def _parse(self, job: ParseJob) -> ParsedFeed:
+    async def _parse(self, job: ParseJob) -> ParsedBlob:
         if self._pool is None:
             self._pool = make_parse_pool(self._parse_workers)
         pool = self._pool
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, parse_and_classify, job)
+            return await loop.run_in_executor(pool, parse_to_blob, job)
         except BrokenProcessPool:
             # A worker died (killed, out of memory): the next feed gets a fresh pool.
             # Other feeds in flight on the same pool see this too; replace it once.
@@ -180,7 +183,7 @@ class Poller:
             state = await self.db(self.repo.feed_state, feed.name)
         same_url = state is not None and state.url == feed.url
         now = self.clock()
-        parsed: ParsedFeed | None = None
+        parsed: ParsedBlob | None = None
         ms = 0  # time spent fetching and parsing, not waiting for a slot
         try:
             fetched = await self.fetcher.fetch(

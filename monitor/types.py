@@ -7,6 +7,7 @@ a database.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,25 @@ class ParsedFeed:
     # monitor.stories.Signature of each matching item, by identity: worked out by the
     # parse workers, beside the matches, so storage only compares them
     signatures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBlob:
+    """A ParsedFeed as the parse worker pickled it. The service's process reads only its
+    title and warning and hands the items to storage unread: storage unpickles them in
+    its own process (storage.remote), once, instead of the service and storage both."""
+
+    title: str | None
+    warning: str | None
+    data: bytes
+
+    @classmethod
+    def of(cls, parsed: ParsedFeed) -> ParsedBlob:
+        return cls(parsed.title, parsed.warning, pickle.dumps(parsed, pickle.HIGHEST_PROTOCOL))
+
+    def load(self) -> ParsedFeed:
+        parsed: ParsedFeed = pickle.loads(self.data)
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)

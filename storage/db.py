@@ -13,11 +13,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from storage.types import DatabaseLockedError
+
 DEFAULT_DATABASE_URL = "sqlite:///data/reelwatch.db"
-
-
-class DatabaseLockedError(Exception):
-    """Another `reelwatch run` holds the database."""
 
 
 def database_url() -> str:
@@ -62,8 +60,9 @@ def make_engine(url: str | None = None) -> Engine:
 
 
 @contextlib.contextmanager
-def exclusive_run(engine: Engine) -> Iterator[None]:
-    """Hold the one-`run`-per-database lock, released by the OS if the process dies."""
+def exclusive_run(engine: Engine, holder: int | None = None) -> Iterator[None]:
+    """Hold the one-`run`-per-database lock, released by the OS if the process dies.
+    `holder`: the pid the lock names (the service's, when storage.remote holds it)."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             got = conn.execute(text("SELECT pg_try_advisory_lock(7400713)")).scalar()
@@ -94,7 +93,7 @@ def exclusive_run(engine: Engine) -> Iterator[None]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}")
+        handle.write(f"pid {holder or os.getpid()}")
         handle.flush()
         try:
             yield

@@ -14,7 +14,7 @@ import secrets
 import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlmodel import Session
 
 from monitor import stories as story_rules
-from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedFeed
+from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedBlob, ParsedFeed
 from storage.migrate import SchemaUpgrade, upgrade_schema
 from storage.models import (
     DeliveryRow,
@@ -49,9 +49,20 @@ from storage.models import (
     StoryMessageRow,
     StoryRow,
 )
+from storage.types import (
+    DELIVERY_LEASE,
+    DeliveryRecord,
+    DigestRecord,
+    FeedActivity,
+    PendingDelivery,
+    PollWrite,
+    StoredItem,
+    StoreResult,
+    StoryInfo,
+    StoryRecord,
+)
 
 _STALE_SENDING = timedelta(hours=1)  # a digest "sending" this long was cut off: take it again
-DELIVERY_LEASE = timedelta(minutes=2)  # a claimed delivery is sent well within this
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
 _STORY_CANDIDATES = 12  # open stories a new item is compared with, those sharing most keys
@@ -65,33 +76,6 @@ _FEED_UPDATE_FIELDS = (
     "last_status", "last_http_status", "last_error", "warning", "etag", "last_modified",
     "consecutive_failures", "last_attempt", "last_success", "next_poll", "disabled",
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    new_items: int = 0
-    new_matches: int = 0
-    new_deliveries: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class FeedActivity:
-    items_window: int  # new items in the long window (for the feed's usual rhythm)
-    items_recent: int
-    matched_recent: int
-    last_new_item: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class PollWrite:
-    """Everything one poll stores."""
-
-    feed: str
-    url: str
-    update: FeedUpdate
-    parsed: ParsedFeed | None
-    router: Any  # alerts.routing.Router: which channels a matching item alerts (None: none)
-    now: datetime
 
 
 class _Relevant(NamedTuple):
@@ -111,72 +95,6 @@ class _NewItems:
     ids: dict[str, int]
     matches: int
     relevant: list[_Relevant]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredItem:
-    id: int
-    item: Item
-    first_seen: datetime
-    matches: tuple[Match, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRecord:
-    id: int
-    item_id: int
-    channel: str
-    status: str
-    attempts: int
-    last_error: str | None
-    next_attempt: datetime
-    sent_at: datetime | None
-    feed: str = ""
-    title: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DigestRecord:
-    name: str
-    period_start: datetime
-    period_end: datetime
-    status: str  # sending | retry | sent | failed
-    attempts: int
-    items: int
-    pending: tuple[str, ...]
-    last_error: str | None
-    next_attempt: datetime | None
-    sent_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoryInfo:
-    story_id: int
-    lead_item_id: int
-    is_lead: bool
-    outlets: tuple[str, ...]
-    items: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoryRecord:
-    id: int
-    title: str
-    items: tuple[int, ...]
-    outlets: tuple[str, ...]
-    languages: tuple[str, ...]
-    first_seen: datetime
-    last_seen: datetime
-    topics: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PendingDelivery:
-    id: int
-    channel: str
-    attempts: int
-    stored: StoredItem
-    claim: str = ""  # the claim it was taken under (see Repository.hold_deliveries)
 
 
 def _to_item(row: ItemRow) -> Item:
@@ -330,6 +248,10 @@ class Repository:
     def store_polls(self, polls: Sequence[PollWrite]) -> list[StoreResult | Exception]:
         """Several polls in one transaction (a group commit: SQLite's cost is per commit).
         If the batch fails, each poll is retried alone so one bad write sinks only itself."""
+        polls = [
+            replace(p, parsed=p.parsed.load()) if isinstance(p.parsed, ParsedBlob) else p
+            for p in polls
+        ]
         try:
             with self.engine.begin() as conn:
                 return self._store_batch(conn, polls)

@@ -133,6 +133,12 @@ def dispatch_pending(
                 )
                 report += _send(repo, sender_for, pacer, channel, message, [d], now,
                                 stories=[stories.get(d.stored.id)], claims=claims)  # fmt: skip
+        if followers and _threads(sender_for, channel) is False:
+            # where Slack cannot thread (webhook, console), a story's alert stands for its
+            # later reports: nothing to send, marked in one go (a first poll has thousands)
+            repo.mark_deliveries_merged([d.id for d in followers], now)
+            report += DispatchReport(sent=len(followers))
+            followers = []
         for d in followers:
             if stopping():
                 return report
@@ -199,6 +205,14 @@ class _Claims:
         return [d for d in deliveries if d.id not in self._lost]
 
 
+def _threads(sender_for: Callable[[str], Sender], channel: str) -> bool | None:
+    """Whether the channel's sender replies in threads; None when it has no sender."""
+    try:
+        return bool(getattr(sender_for(channel), "threads", False))
+    except DeliveryError:
+        return None
+
+
 def _leads(story: StoryInfo | None) -> bool:
     return story is None or story.is_lead
 
@@ -220,9 +234,6 @@ def _follow_up(
     except DeliveryError as exc:
         repo.mark_delivery_retry(d.id, str(exc), now + retry_delay(d.attempts))
         return DispatchReport(retrying=1)
-    if not getattr(sender, "threads", False):
-        repo.mark_delivery_merged(d.id, now)
-        return DispatchReport(sent=1)
     parent = repo.story_message(story.story_id, channel)
     if parent is None:
         if repo.delivery_status(story.lead_item_id, channel) == "pending":

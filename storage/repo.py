@@ -617,10 +617,12 @@ class Repository:
                 rows += list(s.execute(select(ItemRow).where(ItemRow.id.in_(chunk))).scalars())
             return {si.id: si for si in self._with_matches(s, rows)}
 
-    def mark_delivery_merged(self, delivery_id: int, now: datetime) -> None:
-        """A later report of a story where Slack cannot thread (webhook, console): its
-        story's alert stands for it; nothing is sent."""
-        self._update_delivery(_MARK_MERGED, {"did": delivery_id, "now": now})
+    def mark_deliveries_merged(self, delivery_ids: Sequence[int], now: datetime) -> None:
+        """Later reports of stories where Slack cannot thread (webhook, console): their
+        story's alert stands for them; nothing is sent, so they are marked together."""
+        if delivery_ids:
+            with self.engine.begin() as conn:
+                conn.execute(_MARK_MERGED, [{"did": d, "now": now} for d in delivery_ids])
 
     def _with_matches(self, s: Session, rows: Sequence[ItemRow]) -> list[StoredItem]:
         by_item: dict[int, list[Match]] = {}

@@ -252,6 +252,30 @@ def test_later_reports_reply_in_the_thread_and_update_the_coverage(
     assert alert.payload["channel"] == "#ai-news"
 
 
+def test_where_slack_cannot_thread_later_reports_are_merged_into_the_alert(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    """A webhook can neither reply nor update: the story's alert stands for its later
+    reports, which are marked merged (together, in one transaction), nothing posted."""
+    hook = SlackSettings(webhook_url=slack_server.webhook_url, bot_token=None,
+                         api_url=slack_server.api_url)  # fmt: skip
+    webhook = Router(default_channel="#ai-news", transport="webhook")
+    for n, (story, feed, lang) in enumerate(
+        [(LIONSGATE_EN, "variety", "en"), (LIONSGATE_IT, "thr-roma", "it"),
+         (LIONSGATE_ES, "elpais-cultura", "es")]
+    ):  # fmt: skip
+        it = item(story, feed, lang=lang)
+        when = NOW + timedelta(hours=n)
+        upd = FeedUpdate("ok", 200, None, None, None, None, 0, when, when, when, False, 5)
+        parsed = ParsedFeed(it.feed, it.language, (it,), {it.identity: DEAL})
+        repo.store_poll(it.feed, f"https://{it.feed}.example/rss", upd, parsed, webhook, when)
+    report = dispatch_pending(repo, hook.sender_for, NOW + timedelta(hours=3),
+                              pacer=Pacer(interval=0))  # fmt: skip
+    assert (report.sent, report.retrying, report.failed) == (3, 0, 0)
+    assert len(slack_server.calls) == 1  # the alert; no reply, no update
+    assert sorted(d.status for d in repo.deliveries()) == ["merged", "merged", "sent"]
+
+
 def test_a_later_report_of_a_story_in_a_summary_alerts_and_leaves_the_summary_whole(
     repo: Repository, slack_server: SlackServer
 ) -> None:

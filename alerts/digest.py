@@ -40,8 +40,8 @@ SNIPPET_MAX = 280
 TERMS_MAX = 6
 MOST_COVERED = 3
 # seconds between tries of a digest an SMTP server could not take; then every 6 h until
-# it does, for GIVE_UP_AFTER (a server down over a weekend costs no digest; refusals
-# that need a person, such as a wrong password, fail it at once)
+# it does, for GIVE_UP_AFTER (a server down over a weekend costs no digest, nor does a
+# wrong password corrected within that time; refusals of the message itself fail it at once)
 RETRY_DELAYS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600)
 # a period still not sent this long after it ended is given up: failed, logged as an
 # error (a recipient whose server answers 4xx for good would keep it retrying forever)
@@ -501,10 +501,13 @@ def send_email(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence[s
             except smtplib.SMTPRecipientsRefused as exc:
                 refused = dict(exc.recipients)
     except smtplib.SMTPAuthenticationError as exc:
+        # a person must fix it, but the period is kept owed (retried with backoff until
+        # GIVE_UP_AFTER): once the password is corrected and the service restarted, the
+        # digest goes out without anyone having to know about --force
         raise DeliveryError(
             f"{where} refused the login of user '{settings.user}': {_answer(exc)} "
-            "(check REELWATCH_SMTP_USER and REELWATCH_SMTP_PASSWORD)",
-            permanent=True,
+            "(check REELWATCH_SMTP_USER and REELWATCH_SMTP_PASSWORD, then restart)",
+            permanent=False,
         ) from None
     except smtplib.SMTPNotSupportedError:
         raise DeliveryError(

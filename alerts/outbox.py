@@ -194,6 +194,8 @@ class _Claims:
         self._repo, self._pending, self._now, self._clock = repo, pending, now, clock
         self._since = clock()
         self._lost: set[int] = set()
+        # channel -> when Slack's Retry-After ends: the pass sends nothing more there
+        self.paused: dict[str, datetime] = {}
 
     def keep(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
         # a third: what follows a check (the pace, a send and a coverage update, 30 s
@@ -287,6 +289,11 @@ def _send(
     deliveries = claims.keep(deliveries)
     if not deliveries:  # another worker took them: it sends them
         return DispatchReport()
+    until = claims.paused.get(channel)
+    if until is not None:  # a 429 in this pass: wait as Slack said, without asking again
+        for d in deliveries:
+            repo.mark_delivery_retry(d.id, "rate limited by Slack (429)", until)
+        return DispatchReport(retrying=len(deliveries))
     try:
         pacer.wait(channel)
         sender = sender_for(channel)
@@ -295,6 +302,8 @@ def _send(
         else:
             response = sender.send(channel, message)
     except DeliveryError as exc:
+        if exc.retry_after is not None:
+            claims.paused[channel] = now + retry_delay(0, exc.retry_after)
         for d in deliveries:
             if exc.permanent:
                 repo.mark_delivery_failed(d.id, str(exc))
@@ -304,7 +313,8 @@ def _send(
                 )
         if exc.permanent:
             log.error(
-                "delivery failed channel=%s deliveries=%d error=%r",
+                "delivery failed channel=%s deliveries=%d error=%r: kept; once it is fixed, "
+                "`reelwatch deliveries --retry` sends them",
                 channel,
                 len(deliveries),
                 str(exc),

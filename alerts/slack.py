@@ -234,6 +234,16 @@ class SlackBotSender:
             ) from None  # fmt: skip
         except OSError as exc:  # urllib's URLError, timeouts, refused connections
             raise DeliveryError(f"cannot reach Slack: {exc}", channel=channel) from None
+        except ValueError:  # http.client: "Invalid header value b'Bearer <the token>'"
+            raise DeliveryError(
+                "REELWATCH_SLACK_BOT_TOKEN holds a line break or other control character "
+                "(a secret file of two lines, or a CRLF?): set it to the token alone",
+                channel=channel, permanent=True,
+            ) from None  # fmt: skip
+        except Exception as exc:  # anything else: its name, not its text (it may hold the token)
+            raise DeliveryError(
+                f"the Slack call failed: {type(exc).__name__}", channel=channel
+            ) from None
         return dict(response.data) if isinstance(response.data, Mapping) else {}
 
 

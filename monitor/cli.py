@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deliveries.add_argument("--status", choices=["pending", "failed", "sent"])
     deliveries.add_argument("--limit", type=int, default=100, metavar="N")
+    deliveries.add_argument(
+        "--retry", nargs="*", type=int, metavar="ID",
+        help="send failed alerts again (the given ids, or every failed one) once the cause "
+        "(token, channel, invitation) is fixed",
+    )  # fmt: skip
+    deliveries.add_argument(
+        "--to-channel", metavar="CHANNEL",
+        help="with --retry: send them to this channel instead (the old one was wrong)",
+    )  # fmt: skip
 
     classify = sub.add_parser(
         "classify", parents=[common, listing], help="show which topics a text matches, and why"
@@ -804,6 +813,14 @@ def cmd_slack_test(args: argparse.Namespace) -> int:
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
     _load(args)  # a broken feeds.yaml is reported here too
+    if args.retry is not None:
+        from monitor.pipeline import utcnow
+
+        count = _repo().retry_failed_deliveries(
+            args.retry or None, utcnow(), channel=args.to_channel
+        )
+        print(f"{count} failed alert(s) queued again: `reelwatch run` sends them within 10 s")
+        return EXIT_OK
     rows = [
         {
             "id": d.id,

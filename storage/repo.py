@@ -776,6 +776,30 @@ class Repository:
     def mark_delivery_failed(self, delivery_id: int, error: str) -> None:
         self._update_delivery(_MARK_FAILED, {"did": delivery_id, "error": error[:1000]})
 
+    def retry_failed_deliveries(
+        self, ids: Sequence[int] | None, now: datetime, *, channel: str | None = None
+    ) -> int:
+        """Failed deliveries (these ids, or all) pending again, due now: the person fixed
+        what Slack refused (token, channel, invitation), or names the channel they should
+        have gone to (an item already owed to that channel is left failed). How many."""
+        d = DeliveryRow.__table__
+        values: dict[str, Any] = {"status": "pending", "next_attempt": now,
+                                  "lease_until": None, "leased_by": None}  # fmt: skip
+        stmt = update(d).where(d.c.status == "failed")
+        if channel is not None:
+            values["channel"] = channel
+            other = d.alias("other")
+            stmt = stmt.where(
+                ~select(other.c.id)
+                .where(other.c.item_id == d.c.item_id, other.c.channel == channel)
+                .exists()
+            )
+        stmt = stmt.values(**values)
+        if ids is not None:
+            stmt = stmt.where(d.c.id.in_(list(ids)))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount or 0
+
     def _update_delivery(self, stmt: Any, params: dict[str, Any]) -> None:
         # a transaction per delivery: marked the moment Slack has it, whatever comes next
         with self.engine.begin() as conn:

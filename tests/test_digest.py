@@ -320,9 +320,13 @@ def test_starttls_and_auth_and_the_password_never_printed(
         seed(repo, ["AI story"])
         argv = ["digest", "send", "weekly", "--config", str(config_file(tmp_path)),
                 "--period", "2026-11-16..2026-11-22"]  # fmt: skip
-        assert main(argv) == 1  # a wrong password is refused for good, clearly
+        assert main(argv) == 1  # a wrong password is refused clearly, and kept owed
         err = capsys.readouterr().err
         assert "refused the login of user 'digest-bot'" in err and "wrong" not in err
+        # owed, not failed: tried again until the password is corrected (it failed the
+        # period at once, and every one after it until a person noticed)
+        (owed,) = repo.owed_digests("weekly", datetime.now(UTC) + timedelta(days=1))
+        assert owed.status == "retry"
         monkeypatch.setenv("REELWATCH_SMTP_PASSWORD", "s3cret-pw")
         assert main([*argv, "--force"]) == 0
         (got,) = server.received

@@ -178,6 +178,60 @@ def test_not_in_channel_is_permanent_and_said_plainly(
     assert "invite it with /invite" in failed.last_error
 
 
+def test_a_429_pauses_the_channel_for_the_rest_of_the_pass(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    """After a 429 each other alert of the pass asked again at once: 4 calls into the
+    rate limit instead of 1."""
+    store(repo, 4, Router(default_channel="#ai-news", transport="bot"))
+    slack_server.fail_next(
+        429, b'{"ok": false, "error": "ratelimited"}',
+        {"Content-Type": "application/json", "Retry-After": "40"},
+    )  # fmt: skip
+    report = dispatch_pending(repo, bot(slack_server).sender_for, NOW, pacer=Pacer(interval=0))
+    # the 429 was the one request: another would have been answered, and recorded
+    assert report.retrying == 4 and slack_server.failures == [] and slack_server.calls == []
+    assert {d.next_attempt for d in repo.deliveries("pending")} == {NOW + timedelta(seconds=40)}
+    later = NOW + timedelta(seconds=40)
+    assert dispatch_pending(repo, bot(slack_server).sender_for, later, pacer=Pacer(0)).sent == 4
+    assert len(slack_server.calls) == 4
+
+
+def test_failed_alerts_are_sent_again_once_the_cause_is_fixed(
+    repo: Repository, slack_server: SlackServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A mistyped default_channel failed its alerts for good, with no way to send them
+    once feeds.yaml was fixed."""
+    store(repo, 2, Router(default_channel="#ai-newz", transport="bot"))
+    assert dispatch_pending(repo, bot(slack_server).sender_for, NOW).failed == 2
+    monkeypatch.setenv("REELWATCH_DATABASE_URL", f"sqlite:///{tmp_path}/r.db")
+    config = tmp_path / "feeds.yaml"
+    config.write_text('feeds: []\nslack:\n  default_channel: "#ai-news"\n')
+    argv = ["deliveries", "--config", str(config), "--retry", "--to-channel", "#ai-news"]
+    assert main(argv) == 0
+    assert "2 failed alert(s) queued again" in capsys.readouterr().out
+    soon = datetime.now(UTC) + timedelta(seconds=1)  # queued again as of now
+    report = dispatch_pending(repo, bot(slack_server).sender_for, soon)
+    assert report.sent == 2
+    assert [c.payload["channel"] for c in slack_server.calls] == ["#ai-news", "#ai-news"]
+    assert main(argv) == 0 and "0 failed alert(s)" in capsys.readouterr().out
+
+
+def test_a_token_with_a_line_break_is_said_plainly_and_never_shown(
+    config: Path, slack_server: SlackServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """http.client refused the header with the token in its message: a traceback that
+    printed the secret (and stored it as the delivery's last error)."""
+    monkeypatch.setenv("REELWATCH_SLACK_API_URL", slack_server.api_url)
+    monkeypatch.setenv("REELWATCH_SLACK_BOT_TOKEN", f"{slack_server.token}\r\nSECRETPART")
+    assert cli(config) == 1
+    out = capsys.readouterr()
+    assert "line break" in out.err
+    assert "SECRETPART" not in out.err + out.out and "Traceback" not in out.err
+
+
 def cli(config: Path, *args: str) -> int:
     return main(["slack", "test", "--config", str(config), *args])
 

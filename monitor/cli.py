@@ -271,11 +271,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.scheduler import Service
     from storage.types import DatabaseLockedError
 
-    config = _load(args)
-    slack = SlackSettings.from_env()
     if args.worker:
-        return _run_worker(args, config, _repo(), slack)
-    with _storage() as repo:
+        return _run_worker(args, _load(args), _repo(), SlackSettings.from_env())
+    storage = _start_storage()
+    with _closed_unless_used(storage):
+        config = _load(args)
+    slack = SlackSettings.from_env()
+    with _storage(storage) as repo:
         try:
             with repo.exclusive_run():
                 repo.release_leases()  # the one run on this database: nothing is held by others
@@ -286,12 +288,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
 
 
-@contextlib.contextmanager
-def _storage() -> Iterator[Any]:
-    """The repository in a process of its own (storage.remote), its schema up to date."""
+def _start_storage() -> Any:
+    """The repository in a process of its own (storage.remote), started first: its
+    imports overlap reading feeds.yaml."""
     from storage.remote import RemoteRepository
 
-    with RemoteRepository() as repo:
+    return RemoteRepository()
+
+
+@contextlib.contextmanager
+def _closed_unless_used(storage: Any) -> Iterator[None]:
+    """Stop the storage process if what follows fails (a refused feeds.yaml)."""
+    try:
+        yield
+    except BaseException:
+        storage.close()
+        raise
+
+
+@contextlib.contextmanager
+def _storage(storage: Any) -> Iterator[Any]:
+    """The storage process, its schema up to date, stopped at the end."""
+    with storage as repo:
         repo.create_schema()
         yield repo
 
@@ -322,9 +340,18 @@ def _run_service(
             print(f"reelwatch run: cannot serve metrics on {args.metrics_host}:"
                   f"{args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)  # fmt: skip
             return EXIT_FAILURE
-        asyncio.run(service(config, poller, slack, config_path(args.config), metrics=metrics,
-                            summary_every=args.summary_every).run())  # fmt: skip
-    return EXIT_OK
+        svc = service(config, poller, slack, config_path(args.config), metrics=metrics,
+                      summary_every=args.summary_every)  # fmt: skip
+        asyncio.run(_serve(svc))
+    return EXIT_FAILURE if getattr(poller.repo, "died", False) else EXIT_OK
+
+
+async def _serve(service: Any) -> None:
+    repo = service.poller.repo
+    if isinstance(getattr(repo, "died", None), bool):  # storage in its own process
+        loop = asyncio.get_running_loop()
+        repo.on_death = lambda: loop.call_soon_threadsafe(service.stop)
+    await service.run()
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
@@ -332,22 +359,24 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from alerts.slack import SlackSettings
     from monitor.metrics import CYCLE_EVENT, PollCycle, log_fields
     from monitor.pipeline import Poller, utcnow
-    from storage.types import DatabaseLockedError
+    from storage.types import DatabaseLockedError, StorageError
 
-    config = _load(args)
-    feeds = [f for f in config.feeds if f.enabled]
-    if args.feed:
-        unknown = [n for n in args.feed if config.feed(n) is None]
-        if unknown:
-            print(
-                f"reelwatch poll: no feed named {', '.join(unknown)} in feeds.yaml", file=sys.stderr
-            )
-            return EXIT_USAGE
-        feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
+    storage = _start_storage()
+    with _closed_unless_used(storage):
+        config = _load(args)
+        feeds = [f for f in config.feeds if f.enabled]
+        if args.feed:
+            unknown = [n for n in args.feed if config.feed(n) is None]
+            if unknown:
+                print(f"reelwatch poll: no feed named {', '.join(unknown)} in feeds.yaml",
+                      file=sys.stderr)  # fmt: skip
+                storage.close()
+                return EXIT_USAGE
+            feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
     slack = SlackSettings.from_env()
     cycle = PollCycle()
     try:
-        with _storage() as repo, repo.exclusive_run():
+        with _storage(storage) as repo, repo.exclusive_run():
             # read once the poll is ours: a poll that just ended elsewhere left newer ones
             states = repo.feed_states()
             gone = [
@@ -362,6 +391,9 @@ def cmd_poll(args: argparse.Namespace) -> int:
             sent = dispatch_all(repo, slack.sender_for, utcnow(), burst=config.slack.burst)
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
+        return EXIT_FAILURE
+    except StorageError as exc:
+        print(f"reelwatch poll: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     log_fields(log, CYCLE_EVENT, cycle.fields(with_lag=False))
     print(

@@ -41,6 +41,12 @@ class RemoteRepository:
     def __init__(self, url: str | None = None):
         from monitor import logs
 
+        self.died = False
+        # called once, from whichever thread found the storage process gone: the service
+        # stops (exit 1) for its supervisor to start it afresh; without storage it could
+        # only fail every poll and lose every alert
+        self.on_death: Callable[[], None] | None = None
+
         self._pool = ProcessPoolExecutor(
             max_workers=1,
             # a fresh interpreter: it imports storage, nothing the service's process holds
@@ -48,15 +54,21 @@ class RemoteRepository:
             initializer=_start,
             initargs=(os.getpid(), url, logs.settings),
         )
-        # started now, from this thread: the parent-death signal follows the thread
-        # that started the process, and this one lives as long as the service
-        self._call(_ready)
+        # started now (not waited for: its imports overlap the caller's work), from
+        # this thread: the parent-death signal follows the thread that started the
+        # process, and this one lives as long as the service
+        self._pool.submit(_ready)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return self._pool.submit(fn, *args).result()
         except BrokenProcessPool:
-            raise StorageError("the storage process died (see the log above)") from None
+            if not self.died:
+                self.died = True
+                log.critical("the storage process died (killed, or out of memory): stopping")
+                if self.on_death is not None:
+                    self.on_death()
+            raise StorageError("the storage process died (killed, or out of memory)") from None
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):

@@ -18,6 +18,9 @@ from monitor.types import ParsedBlob
 from storage.remote import RemoteRepository
 from storage.repo import PollWrite
 from storage.types import DatabaseLockedError, StorageError
+from tests.conftest import fixture, write_config
+from tests.servers import FeedServer, SlackServer
+from tests.test_service import start, wait_for
 from tests.test_storage import AI_NEWS, NOW, items, parsed, update
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +85,37 @@ def test_the_lock_names_the_service_and_goes_with_it_when_it_is_killed(tmp_path:
     finally:
         holder.kill()
         holder.wait()
+
+
+def _storage_process(service: int) -> int | None:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == service and b"multiprocessing.spawn" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def test_a_service_whose_storage_process_dies_stops_with_an_error(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    """Without its storage a service could only fail every poll and lose every alert:
+    it stops (exit 1), for its supervisor to start it afresh."""
+    config = write_config(
+        tmp_path, {"ars": feed_server.add("/ars.xml", fixture("arstechnica_2024-04-01_rss2.xml"))}
+    )
+    proc = start(config, slack_server)
+    try:
+        assert wait_for(lambda: _storage_process(proc.pid) is not None), "no storage process"
+        assert wait_for(lambda: bool(feed_server.seen("/ars.xml"))), "the feed was not polled"
+        os.kill(_storage_process(proc.pid) or 0, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out
+    assert "the storage process died (killed, or out of memory): stopping" in out

@@ -698,13 +698,21 @@ def _give_up(
                        claimed.items)  # fmt: skip
     # a forced resend of a digest sent before: it stays sent, the resend is given up
     error = f"a resend to {', '.join(owed)} was given up; last error: {why}"
-    repo.finish_digest(setup.name, period.start, status="sent", now=now, items=claimed.items,
-                       error=error, sent_at=claimed.sent_at)  # fmt: skip
+    return _resend_failed(repo, setup, period, error, now, claimed.items, claimed.sent_at)
+
+
+def _resend_failed(
+    repo: Any, setup: DigestSetup, period: Period, error: str, now: datetime, count: int,
+    sent_at: datetime,
+) -> DigestResult:  # fmt: skip
+    """A forced resend that failed for good or was given up: the digest stays sent."""
+    repo.finish_digest(setup.name, period.start, status="sent", now=now, items=count,
+                       error=error, sent_at=sent_at)  # fmt: skip
     log.error("digest=%s period=%s %s", setup.name, period.start.date(), error)
     return DigestResult(
         "failed",
         f"digest '{setup.name}' for {_describe(period, setup.timezone)} (sent on "
-        f"{claimed.sent_at:%Y-%m-%d %H:%M UTC}): {error}",
+        f"{sent_at:%Y-%m-%d %H:%M UTC}): {error}",
         period,
     )
 
@@ -727,15 +735,7 @@ def _failed(
 ) -> DigestResult:  # fmt: skip
     if permanent and sent_at is not None:  # the resend failed: the digest stays sent
         error = f"a resend to {', '.join(pending) or 'its recipients'} failed: {error}"
-        repo.finish_digest(setup.name, period.start, status="sent", now=now, items=count,
-                           error=error, sent_at=sent_at)  # fmt: skip
-        log.error("digest=%s period=%s %s", setup.name, period.start.date(), error)
-        return DigestResult(
-            "failed",
-            f"digest '{setup.name}' for {_describe(period, setup.timezone)} (sent on "
-            f"{sent_at:%Y-%m-%d %H:%M UTC}): {error}",
-            period,
-        )
+        return _resend_failed(repo, setup, period, error, now, count, sent_at)
     if permanent:
         repo.finish_digest(setup.name, period.start, status="failed", now=now, items=count,
                            pending=pending, error=error)  # fmt: skip

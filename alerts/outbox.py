@@ -152,7 +152,7 @@ def dispatch_all(
     sender_for: Callable[[str], Sender],
     now: datetime,
     *,
-    batch: int = 500,
+    batch: int = 200,
     burst: int = 10,
     pacer: Pacer | None = None,
 ) -> DispatchReport:

@@ -11,6 +11,7 @@ switched back on for the command's own work.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -24,7 +25,14 @@ def entry() -> NoReturn:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from monitor.cli import main
 
-    code = main(after_imports=_collect_from_here)
+    try:
+        code = main(after_imports=_collect_from_here)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is a warning
+    except BrokenPipeError:
+        # the reader left (`reelwatch items | head`): stop quietly, stdout pointed at
+        # /dev/null so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     # What is alive now lives until exit: frozen, the interpreter's closing
     # collections skip it too (a poll exits ~0.2 s sooner).
     gc.freeze()

@@ -9,7 +9,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -273,45 +273,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.worker:
         return _run_worker(args, _load(args), _repo(), SlackSettings.from_env())
-    storage = _start_storage()
-    with _closed_unless_used(storage):
+    with _storage() as repo:
         config = _load(args)
-    slack = SlackSettings.from_env()
-    with _storage(storage) as repo:
+        slack = SlackSettings.from_env()
+        repo.create_schema()
         try:
             with repo.exclusive_run():
                 repo.release_leases()  # the one run on this database: nothing is held by others
                 poller = Poller(config, repo, router=_router(config, slack))
-                return _run_service(Service, args, config, poller, slack)
+                return _run_service(Service, args, config, poller, slack, storage=repo)
         except DatabaseLockedError as exc:
             print(f"reelwatch run: {exc}", file=sys.stderr)
             return EXIT_FAILURE
 
 
-def _start_storage() -> Any:
-    """The repository in a process of its own (storage.remote), started first: its
-    imports overlap reading feeds.yaml."""
+def _storage() -> Any:
+    """The repository in a process of its own (storage.remote), started before
+    feeds.yaml is read (its imports overlap) and stopped when the command ends."""
     from storage.remote import RemoteRepository
 
     return RemoteRepository()
-
-
-@contextlib.contextmanager
-def _closed_unless_used(storage: Any) -> Iterator[None]:
-    """Stop the storage process if what follows fails (a refused feeds.yaml)."""
-    try:
-        yield
-    except BaseException:
-        storage.close()
-        raise
-
-
-@contextlib.contextmanager
-def _storage(storage: Any) -> Iterator[Any]:
-    """The storage process, its schema up to date, stopped at the end."""
-    with storage as repo:
-        repo.create_schema()
-        yield repo
 
 
 def _run_worker(args: argparse.Namespace, config: Config, repo: Any, slack: Any) -> int:
@@ -328,8 +309,9 @@ def _run_worker(args: argparse.Namespace, config: Config, repo: Any, slack: Any)
 
 
 def _run_service(
-    service: Any, args: argparse.Namespace, config: Config, poller: Any, slack: Any
-) -> int:
+    service: Any, args: argparse.Namespace, config: Config, poller: Any, slack: Any,
+    *, storage: Any = None,  # a storage.remote.RemoteRepository whose death stops the service
+) -> int:  # fmt: skip
     from monitor.metrics import Metrics, serve_metrics
 
     metrics = Metrics() if args.metrics_port is not None else None
@@ -342,41 +324,44 @@ def _run_service(
             return EXIT_FAILURE
         svc = service(config, poller, slack, config_path(args.config), metrics=metrics,
                       summary_every=args.summary_every)  # fmt: skip
-        asyncio.run(_serve(svc))
-    return EXIT_FAILURE if getattr(poller.repo, "died", False) else EXIT_OK
+        asyncio.run(_serve(svc, storage))
+    return EXIT_FAILURE if storage is not None and storage.died else EXIT_OK
 
 
-async def _serve(service: Any) -> None:
-    repo = service.poller.repo
-    if isinstance(getattr(repo, "died", None), bool):  # storage in its own process
+async def _serve(service: Any, storage: Any) -> None:
+    if storage is not None:
         loop = asyncio.get_running_loop()
-        repo.on_death = lambda: loop.call_soon_threadsafe(service.stop)
+        storage.on_death = lambda: loop.call_soon_threadsafe(service.stop)
     await service.run()
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
+    with _storage() as repo:
+        return _poll(args, repo)
+
+
+def _poll(args: argparse.Namespace, repo: Any) -> int:
     from alerts.outbox import dispatch_all
     from alerts.slack import SlackSettings
     from monitor.metrics import CYCLE_EVENT, PollCycle, log_fields
     from monitor.pipeline import Poller, utcnow
     from storage.types import DatabaseLockedError, StorageError
 
-    storage = _start_storage()
-    with _closed_unless_used(storage):
-        config = _load(args)
-        feeds = [f for f in config.feeds if f.enabled]
-        if args.feed:
-            unknown = [n for n in args.feed if config.feed(n) is None]
-            if unknown:
-                print(f"reelwatch poll: no feed named {', '.join(unknown)} in feeds.yaml",
-                      file=sys.stderr)  # fmt: skip
-                storage.close()
-                return EXIT_USAGE
-            feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
+    config = _load(args)
+    feeds = [f for f in config.feeds if f.enabled]
+    if args.feed:
+        unknown = [n for n in args.feed if config.feed(n) is None]
+        if unknown:
+            print(
+                f"reelwatch poll: no feed named {', '.join(unknown)} in feeds.yaml", file=sys.stderr
+            )
+            return EXIT_USAGE
+        feeds = [config.feed(n) for n in args.feed]  # type: ignore[misc]
     slack = SlackSettings.from_env()
     cycle = PollCycle()
     try:
-        with _storage(storage) as repo, repo.exclusive_run():
+        repo.create_schema()
+        with repo.exclusive_run():
             # read once the poll is ours: a poll that just ended elsewhere left newer ones
             states = repo.feed_states()
             gone = [

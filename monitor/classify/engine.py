@@ -266,16 +266,19 @@ class Classifier:
         """Refuse topics that refer to each other in a circle, or through so many topics
         and parentheses that evaluating them would outgrow Python's stack."""
 
-        def deps(tid: str) -> tuple[set[str], int]:
-            rule = by_id[tid]
+        def in_queries(tid: str) -> tuple[set[str], int]:
+            """The topics tid's queries name, and how deep its queries are."""
             out, levels = set(), 1
-            for _, text in rule.queries:
+            for _, text in by_id[tid].queries:
                 node = parse_query(text)
                 out |= references(node)[1]
                 levels = max(levels, height(node) + 1)
-            if rule.requires:
-                out.add(rule.requires)
             return out, levels
+
+        def deps(tid: str) -> tuple[set[str], int]:
+            refs, levels = in_queries(tid)
+            requires = by_id[tid].requires
+            return (refs | {requires} if requires else refs), levels
 
         state: dict[str, int] = {}
         deepest: dict[str, int] = {}  # a topic's levels, with the deepest it refers to
@@ -297,7 +300,7 @@ class Classifier:
                 required = [
                     f"{a} requires: {b}"
                     for a, b in itertools.pairwise(cycle)
-                    if by_id[a].requires == b and b not in _refs(a)
+                    if by_id[a].requires == b and b not in in_queries(a)[0]
                 ]
                 note = f" ({'; '.join(required)})" if required else ""
                 raise RuleError(
@@ -316,9 +319,6 @@ class Classifier:
             state[tid] = 2
             deepest[tid] = levels + below
             return deepest[tid]
-
-        def _refs(tid: str) -> set[str]:
-            return {r for _, text in by_id[tid].queries for r in references(parse_query(text))[1]}
 
         def _too_deep(path: tuple[str, ...], tid: str) -> RuleError:
             chain = [*path, tid]

@@ -785,18 +785,27 @@ class Repository:
         d = DeliveryRow.__table__
         values: dict[str, Any] = {"status": "pending", "next_attempt": now,
                                   "lease_until": None, "leased_by": None}  # fmt: skip
-        stmt = update(d).where(d.c.status == "failed")
+
+        def chosen(t: Any) -> Any:
+            failed = t.c.status == "failed"
+            return failed if ids is None else and_(failed, t.c.id.in_(list(ids)))
+
+        stmt = update(d).where(chosen(d))
         if channel is not None:
             values["channel"] = channel
             other = d.alias("other")
             stmt = stmt.where(
                 ~select(other.c.id)
                 .where(other.c.item_id == d.c.item_id, other.c.channel == channel)
-                .exists()
+                .exists(),
+                # one delivery of an item that failed in several channels: the others
+                # stay failed (the item is owed to the new channel once)
+                d.c.id
+                == select(func.min(other.c.id))
+                .where(other.c.item_id == d.c.item_id, chosen(other))
+                .scalar_subquery(),
             )
         stmt = stmt.values(**values)
-        if ids is not None:
-            stmt = stmt.where(d.c.id.in_(list(ids)))
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount or 0
 

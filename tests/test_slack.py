@@ -218,6 +218,21 @@ def test_failed_alerts_are_sent_again_once_the_cause_is_fixed(
     assert main(argv) == 0 and "0 failed alert(s)" in capsys.readouterr().out
 
 
+def test_an_item_failed_in_two_channels_is_sent_once_to_the_new_one(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    """Both deliveries of an item moved to one channel broke the (item, channel) key:
+    an IntegrityError, nothing queued."""
+    from alerts.routing import Route
+
+    routes = tuple(Route(frozenset(), frozenset(), c, 0.0) for c in ("#gone-a", "#gone-b"))
+    store(repo, 1, Router(routes=routes, default_channel=None, transport="bot"))
+    assert dispatch_pending(repo, bot(slack_server).sender_for, NOW).failed == 2
+    assert repo.retry_failed_deliveries(None, NOW, channel="#ai-news") == 1
+    assert dispatch_pending(repo, bot(slack_server).sender_for, NOW).sent == 1
+    assert sorted(d.status for d in repo.deliveries()) == ["failed", "sent"]
+
+
 def test_a_token_with_a_line_break_is_said_plainly_and_never_shown(
     config: Path, slack_server: SlackServer, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

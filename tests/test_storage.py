@@ -190,3 +190,18 @@ def test_poll_end_to_end(database_url: str, feed_server: FeedServer, tmp_path: P
     assert repo.count_items() == 20
     assert repo.feed_state("ars").last_status == "unchanged"
     assert repo.delivery_counts() == {"sent": 5}
+
+
+def test_failed_deliveries_moved_to_one_channel_keep_one_per_item(repo: Repository) -> None:
+    from alerts.routing import Route
+
+    routes = tuple(Route(frozenset(), frozenset(), c, 0.0) for c in ("#a", "#b"))
+    batch = items(2)
+    repo.store_polls([PollWrite("thr", "u", update(), parsed(batch, {i.identity for i in batch}),
+                                Router(routes=routes, transport="bot"), NOW)])  # fmt: skip
+    for d in repo.pending_deliveries(NOW):
+        repo.mark_delivery_failed(d.id, "channel not found")
+    assert repo.retry_failed_deliveries(None, NOW, channel="#c") == 2  # one per item
+    assert sorted((d.channel, d.status) for d in repo.deliveries()) == [
+        ("#b", "failed"), ("#b", "failed"), ("#c", "pending"), ("#c", "pending"),
+    ]  # fmt: skip

@@ -8,6 +8,7 @@ Items, and never does I/O.
 from __future__ import annotations
 
 import calendar
+import functools
 import gc
 import hashlib
 import io
@@ -193,7 +194,7 @@ def parse_document(job: ParseJob) -> ParsedFeed:
         raise ParseError("empty response body")
     refuse_dangerous_markup(body)
     body = repair_utf8(body, job.headers.get("content-type", ""))
-    import feedparser  # here, not at the top: only parse workers need it
+    feedparser = _feedparser()
 
     # feedparser opens a str or bytes argument that looks like a path or URL
     # (a body of "/etc/passwd" is read): always pass a file object.
@@ -232,6 +233,37 @@ def parse_document(job: ParseJob) -> ParsedFeed:
         items=tuple(items),
         warning=warning,
     )
+
+
+@functools.cache
+def _feedparser() -> Any:
+    """feedparser, imported here, not at the top: only parse workers need it.
+
+    feedparser maps windows-1252's C1 characters (0x80-0x9f) back to what they mean in
+    the text of every element, with str.translate and a dict: for any text that is not
+    pure ASCII, each character misses the dict and raises a KeyError inside translate,
+    a sixth of a parse. The same mapping as a string indexed by code point (the plane
+    where text lives; beyond it the lookup misses as the dict's did) translates the same
+    text 2.4x faster. The dict is swapped only if it is still what this reads it as."""
+    import feedparser
+    import feedparser.mixin
+
+    table = getattr(feedparser.mixin, "_cp1252", None)
+    if (
+        isinstance(table, dict)
+        and table
+        and all(0x80 <= k <= 0x9F and isinstance(v, str) and len(v) == 1 for k, v in table.items())
+    ):
+        feedparser.mixin._cp1252 = cp1252_as_string(table)
+    return feedparser
+
+
+def cp1252_as_string(table: dict[int, str]) -> str:
+    """A str.translate table with `table`'s mapping, as a string over the first plane."""
+    chars = [chr(code) for code in range(0x10000)]
+    for code, to in table.items():
+        chars[code] = to
+    return "".join(chars)
 
 
 def _published(entry: Any) -> datetime | None:

@@ -57,6 +57,35 @@ def test_latin1_feed_is_decoded() -> None:
     assert "ü" in titles or "ä" in titles or "ö" in titles
 
 
+def test_windows_1252_quotes_read_as_quotes_whatever_the_text_around_them() -> None:
+    # a feed that says ISO-8859-1 but was typed in windows-1252 (0x93/0x94 are its curly
+    # quotes); the first item is ASCII otherwise, the second not: both are mapped
+    body = (
+        b'<?xml version="1.0" encoding="iso-8859-1"?><rss version="2.0"><channel><title>T'
+        b"</title><item><guid>1</guid><title>\x93Deal\x94 signed \x80 5m</title></item>"
+        b"<item><guid>2</guid><title>Caf\xe9 \x93IA\x94 \x96 accord</title></item>"
+        b"</channel></rss>"
+    )
+    assert [i.title for i in parse(body).items] == [
+        "\u201cDeal\u201d signed \u20ac 5m",
+        "Caf\u00e9 \u201cIA\u201d \u2013 accord",
+    ]
+
+
+def test_the_faster_windows_1252_table_maps_every_character_as_feedparsers_own() -> None:
+    from feedparser.html import _cp1252 as feedparsers
+
+    from monitor.parse import _feedparser, cp1252_as_string
+
+    table = cp1252_as_string(feedparsers)
+    text = "".join(map(chr, range(0x110000)))  # every code point, the first plane and past it
+    assert text.translate(table) == text.translate(feedparsers)
+    import feedparser.mixin
+
+    _feedparser()  # what parsing uses
+    assert feedparser.mixin._cp1252 == table
+
+
 @pytest.mark.parametrize(
     "item_xml, identity",
     [

@@ -385,11 +385,23 @@ def _figures(numbers: frozenset[str]) -> frozenset[str]:
 def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str, bool] | None:
     """Why `new` reports the story's event, and whether it is an exact duplicate
     (a syndicated copy: counted, never alerted again); None when it does not."""
+    exact = _exact(new, story)
+    if exact:
+        return exact, True
+    reason = _same_event(new, story, rules, _jaccard(new.words, story.words))
+    return None if reason is None else (reason, False)
+
+
+def _exact(new: Signature, story: Signature) -> str | None:
     if new.url and new.url == story.url:
-        return "same link", True
+        return "same link"
     if new.title_key and new.title_key == story.title_key:
-        return "same title", True
-    text = _jaccard(new.words, story.words)
+        return "same title"
+    return None
+
+
+def _same_event(new: Signature, story: Signature, rules: StoryRules, text: float) -> str | None:
+    """same_story's verdict for a report that is no exact copy; text: the words' Jaccard."""
     topics_agree = not new.topics or not story.topics or bool(_common(new.topics, story.topics))
     if text < rules.similarity and not topics_agree:
         return None  # what follows needs near-duplicate text or a topic in common
@@ -406,7 +418,7 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
     # "Universal sues Suno"), not one story
     other_names = smaller >= 2 and names < 0.25
     if text >= rules.similarity and not other_names:
-        return f"near-duplicate text ({text:.2f})", False
+        return f"near-duplicate text ({text:.2f})"
     # whom each headline is about must be named by the other: "AMC Networks signs with
     # Runway, a day after Lionsgate" names both studios, but it is about AMC
     new_lead_named = new.lead is None or _named(new.lead, story_names)
@@ -417,7 +429,7 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
     # two figures, one of them telling (95.04% and 15.17%; 2027 and €600,000), and a
     # name: the same event, whichever name each headline opens with
     if count and len(figures) >= 2 and _figures(figures) and (new_lead_named or story_lead_named):
-        return f"same name and figures ({', '.join(sorted(figures))})", False
+        return f"same name and figures ({', '.join(sorted(figures))})"
     # a headline may lead with a name the other report does not know (spelt otherwise:
     # "Darth Vader", "Dark Vador") if the other knows nearly all its names, three at
     # least; a report that recalls another event ("hours after UMG sued Suno, Sony…")
@@ -432,25 +444,35 @@ def same_story(new: Signature, story: Signature, rules: StoryRules) -> tuple[str
             return None
     leads_shared = leads and not lead_unknown
     if count >= rules.min_shared_entities and (names >= 0.5 or leads_shared):
-        return f"same names ({', '.join(sorted(shared | shared_back))})", False
+        return f"same names ({', '.join(sorted(shared | shared_back))})"
     if count and leads_shared and figures:
-        return f"same name and figures ({new.lead}; {', '.join(sorted(figures))})", False
+        return f"same name and figures ({new.lead}; {', '.join(sorted(figures))})"
     return None
 
 
 def best_story(
     new: Signature, candidates: Iterable[tuple[int, Signature]], rules: StoryRules
 ) -> tuple[int, str, bool] | None:
-    """The candidate story `new` belongs to: exact duplicates first, then the closest text."""
-    best: tuple[float, int, str, bool] | None = None
-    for story_id, sig in candidates:
-        verdict = same_story(new, sig, rules)
-        if verdict is None:
-            continue
-        reason, exact = verdict
-        if exact:  # nothing ranks above it; an identical text found earlier ranks level
-            return (story_id, reason, exact) if best is None or best[0] < 2.0 else best[1:]
-        rank = 1.0 + _jaccard(new.words, sig.words)
-        if best is None or rank > best[0]:
-            best = (rank, story_id, reason, exact)
-    return None if best is None else best[1:]
+    """The candidate story `new` belongs to: an exact duplicate (the first found), else
+    the one of closest text among those it reports (the first found of equal text). An
+    identical text found before an exact duplicate ranks level with it, and first.
+
+    The texts are compared first, and the full verdict read closest first: the first
+    candidate it accepts is the answer, and most reports need one or two verdicts, not
+    one per candidate."""
+    candidates = list(candidates)
+    exact = next(
+        ((i, why) for i, (_, sig) in enumerate(candidates) if (why := _exact(new, sig))), None
+    )
+    before = candidates if exact is None else candidates[: exact[0]]
+    texts = [_jaccard(new.words, sig.words) for _, sig in before]
+    for i in sorted(range(len(before)), key=lambda i: (-(1.0 + texts[i]), i)):
+        if exact is not None and 1.0 + texts[i] < 2.0:
+            break  # below an exact duplicate's rank
+        story_id, sig = before[i]
+        reason = _same_event(new, sig, rules, texts[i])
+        if reason is not None:
+            return story_id, reason, False
+    if exact is not None:
+        return candidates[exact[0]][0], exact[1], True
+    return None

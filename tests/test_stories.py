@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlalchemy import text
 from alerts.outbox import Pacer, dispatch_all, dispatch_pending
 from alerts.routing import Router
 from alerts.slack import SlackSettings
+from monitor.classify import compile_rules
 from monitor.cli import main
 from monitor.stories import (
     Signature,
@@ -500,3 +502,56 @@ def test_a_story_keeps_every_member_signature_across_restarts(database_url: str)
     store(later, item(LIONSGATE_ES, "elpais-cultura", lang="es"), NOW + timedelta(hours=2))
     (story,) = later.list_stories(NOW - timedelta(days=1))
     assert set(story.outlets) == {"thr", "variety", "thr-roma", "elpais-cultura"}
+
+
+def _every_verdict(new: Signature, candidates, rules: StoryRules):
+    """best_story as its contract reads: every candidate's verdict, in order; an exact copy
+    wins unless an identical text came before it; else the closest text, first of equals."""
+    from monitor.stories import _jaccard
+
+    best = None
+    for story_id, sig in candidates:
+        verdict = same_story(new, sig, rules)
+        if verdict is None:
+            continue
+        reason, exact = verdict
+        if exact:
+            return (story_id, reason, exact) if best is None or best[0] < 2.0 else best[1:]
+        rank = 1.0 + _jaccard(new.words, sig.words)
+        if best is None or rank > best[0]:
+            best = (rank, story_id, reason, exact)
+    return None if best is None else best[1:]
+
+
+def test_best_story_picks_what_reading_every_candidate_would() -> None:
+    # best_story reads the closest texts first and stops at the first it accepts: the
+    # labelled reports (cross-language, syndicated, look-alike events), each against
+    # the others in two orders, with an exact copy of it among them or not
+    from monitor.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "feeds.yaml")
+    classifier, rules, gate = compile_rules(config.rules()), config.stories.rules(), config.gate()
+    data = Path(__file__).parent / "data" / "stories" / "items.jsonl"
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line]
+    sigs = []
+    for row in rows:
+        it = Item(row["feed"], row["id"], None, row["url"], row["title"], row["summary"], NOW,
+                  row["lang"])  # fmt: skip
+        sigs.append(signature(it, classifier.classify(it) or DEAL, gate))
+    found = set()
+    for n, new in enumerate(sigs):
+        others = [(i, s) for i, s in enumerate(sigs) if i != n][n % 5 :: 3]
+        copy = replace(new, url=None, words=new.words | {"syndicated"})  # same title only
+        retitled = replace(new, url=None, title_key=f"{new.title_key} again")  # same words
+        cut = replace(retitled, words=frozenset(sorted(new.words)[1:]))  # all words but one
+        for candidates in (
+            others,
+            others[::-1],
+            [*others[:20], (999, copy), *others[20:]],
+            [*others[:10], (997, cut), (998, retitled), (999, copy), *others[10:]],
+            [*others[:10], (997, cut), (999, copy), (998, retitled), *others[10:]],
+        ):
+            expected = _every_verdict(new, candidates, rules)
+            assert best_story(new, iter(candidates), rules) == expected, rows[n]["id"]
+            found.add(None if expected is None else expected[2])
+    assert found == {None, False, True}  # new stories, near reports and exact copies

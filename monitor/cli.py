@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from monitor import __version__
-from monitor.config import Config, config_path, load_config, parse_duration
+from monitor.config import (
+    Config,
+    config_path,
+    load_config,
+    parse_config,
+    parse_duration,
+    read_config,
+)
 from monitor.errors import ConfigError
 from monitor.logs import setup_logging
 from monitor.normalize import shown_url
@@ -272,19 +279,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     from storage.types import DatabaseLockedError
 
     if args.worker:
-        return _run_worker(args, _load(args), _repo(), SlackSettings.from_env())
+        repo = _repo()
+        config, refused = _start_config(config_path(args.config), repo)
+        return _run_worker(args, config, repo, SlackSettings.from_env(), refused)
     with _storage() as repo:
-        config = _load(args)
         slack = SlackSettings.from_env()
         repo.create_schema()
         try:
             with repo.exclusive_run():
                 repo.release_leases()  # the one run on this database: nothing is held by others
+                config, refused = _start_config(config_path(args.config), repo)
                 poller = Poller(config, repo, router=_router(config, slack))
-                return _run_service(Service, args, config, poller, slack, storage=repo)
+                return _run_service(Service, args, config, poller, slack, storage=repo,
+                                    refused=refused)  # fmt: skip
         except DatabaseLockedError as exc:
             print(f"reelwatch run: {exc}", file=sys.stderr)
             return EXIT_FAILURE
+
+
+def _start_config(path: Path, repo: Any) -> tuple[Config, ConfigError | None]:
+    """feeds.yaml to start on, kept as the last applied; or, if the file is broken now,
+    the one last applied, and what is wrong with the file: a restart after a bad edit
+    goes on monitoring and says so (with no good copy kept, it refuses as ever)."""
+    from monitor.pipeline import utcnow
+
+    try:
+        config, text = read_config(path)
+    except ConfigError as exc:
+        saved = repo.applied_config(str(path.resolve()))
+        if saved is None:
+            raise
+        text, applied_at = saved
+        try:
+            label = f"{path} (as applied {applied_at:%Y-%m-%d %H:%M} UTC)"
+            return parse_config(text, label), exc
+        except ConfigError:  # kept by an older release that read it otherwise
+            raise exc from None
+    repo.save_applied_config(str(path.resolve()), text, utcnow())
+    return config, None
 
 
 def _storage() -> Any:
@@ -295,7 +327,9 @@ def _storage() -> Any:
     return RemoteRepository()
 
 
-def _run_worker(args: argparse.Namespace, config: Config, repo: Any, slack: Any) -> int:
+def _run_worker(
+    args: argparse.Namespace, config: Config, repo: Any, slack: Any, refused: ConfigError | None
+) -> int:
     from monitor.pipeline import Poller
     from monitor.worker import WorkerService
 
@@ -305,12 +339,13 @@ def _run_worker(args: argparse.Namespace, config: Config, repo: Any, slack: Any)
               "`reelwatch run`", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     poller = Poller(config, repo, router=_router(config, slack))
-    return _run_service(WorkerService, args, config, poller, slack)
+    return _run_service(WorkerService, args, config, poller, slack, refused=refused)
 
 
 def _run_service(
     service: Any, args: argparse.Namespace, config: Config, poller: Any, slack: Any,
     *, storage: Any = None,  # a storage.remote.RemoteRepository whose death stops the service
+    refused: ConfigError | None = None,  # feeds.yaml's problems, if it runs on the last good
 ) -> int:  # fmt: skip
     from monitor.metrics import Metrics, serve_metrics
 
@@ -323,7 +358,7 @@ def _run_service(
                   f"{args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)  # fmt: skip
             return EXIT_FAILURE
         svc = service(config, poller, slack, config_path(args.config), metrics=metrics,
-                      summary_every=args.summary_every)  # fmt: skip
+                      summary_every=args.summary_every, refused=refused)  # fmt: skip
         asyncio.run(_serve(svc, storage))
     return EXIT_FAILURE if storage is not None and storage.died else EXIT_OK
 

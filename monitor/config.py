@@ -320,6 +320,11 @@ def load_config(path: str | os.PathLike[str], *, empty_ok: bool = False) -> Conf
     """Read and validate feeds.yaml; raise ConfigError naming every problem's line.
     An empty file is refused (a service reading one would stop monitoring without a
     word) unless `empty_ok`: a file `feeds add` is about to fill."""
+    return read_config(path, empty_ok=empty_ok)[0]
+
+
+def read_config(path: str | os.PathLike[str], *, empty_ok: bool = False) -> tuple[Config, str]:
+    """load_config, and the text it read."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -337,7 +342,7 @@ def load_config(path: str | os.PathLike[str], *, empty_ok: bool = False) -> Conf
             [ConfigProblem(str(path), line, column, "", f"byte 0x{byte} is not UTF-8: save "
                            "the file as UTF-8 (an editor's encoding setting)")]
         ) from None  # fmt: skip
-    return parse_config(text, str(path), empty_ok=empty_ok)
+    return parse_config(text, str(path), empty_ok=empty_ok), text
 
 
 def parse_config(

@@ -55,6 +55,7 @@ class Service:
         *,
         metrics: Metrics | None = None,  # None: no --metrics-port
         summary_every: timedelta = SUMMARY_EVERY,
+        refused: ConfigError | None = None,  # config_path's problems: config is the last good
     ):
         self.config = config
         self.poller = poller
@@ -62,6 +63,7 @@ class Service:
         self.config_path = config_path
         self._config_text: str | None = None  # the text last read, good or refused
         self._refused: str | None = None  # the refusal last posted; a good edit clears it
+        self._refused_at_start = refused
         self._started = utcnow()
         self.scheduler = AsyncIOScheduler(
             timezone="UTC",
@@ -115,6 +117,8 @@ class Service:
         watcher = asyncio.create_task(self.watch_config()) if self.config_path else None
         feeds = sum(1 for f in self.config.feeds if f.enabled)
         log.info("service started feeds=%d topics=%d", feeds, len(self.config.topics))
+        if self._refused_at_start is not None:
+            await self.refuse(self._refused_at_start, at_start=True)
         try:
             await self._stop.wait()
         finally:
@@ -199,6 +203,9 @@ class Service:
             return
         try:
             await self.apply(config)
+            if text is not None:  # what a restart starts on if the file breaks
+                path = str(self.config_path.resolve())
+                await self.poller.db(self.poller.repo.save_applied_config, path, text, utcnow())
         except Exception as exc:  # the database away (a restart, a lock): not this edit's fault
             self._config_text = None  # not applied: the same text must not count as seen
             log.error(
@@ -210,12 +217,12 @@ class Service:
                 replace_existing=True,
             )  # fmt: skip
 
-    async def refuse(self, exc: ConfigError) -> None:
+    async def refuse(self, exc: ConfigError, *, at_start: bool = False) -> None:
         problems = str(exc)
         log.error(
-            "config refused, still running on the last good one: %s",
-            " | ".join(problems.splitlines()),
-        )
+            "config refused, %s on the last good one: %s",
+            "started" if at_start else "still running", " | ".join(problems.splitlines()),
+        )  # fmt: skip
         if problems == self._refused:
             return  # said once already; a good edit lets the next refusal be said again
         self._refused = problems

@@ -134,6 +134,17 @@ class HeartbeatRow(SQLModel, table=True):
     host: str
 
 
+class AppliedConfigRow(SQLModel, table=True):
+    """The feeds.yaml text `run` last started or reloaded with: a restart after an edit
+    that broke the file runs on it, and says so, instead of not starting at all."""
+
+    __tablename__ = "applied_configs"
+
+    path: str = Field(primary_key=True)  # the file's absolute path
+    text: str = Field(sa_type=Text)
+    applied_at: datetime = _utc(nullable=False)
+
+
 class DigestRow(SQLModel, table=True):
     """One digest period: recorded when sending starts, so it is sent once and never missed."""
 

@@ -37,6 +37,7 @@ from monitor import stories as story_rules
 from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedBlob, ParsedFeed
 from storage.migrate import SchemaUpgrade, upgrade_schema
 from storage.models import (
+    AppliedConfigRow,
     DeliveryRow,
     DigestRow,
     FeedNoticeRow,
@@ -1011,6 +1012,25 @@ class Repository:
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
+
+    # -- the feeds.yaml applied --------------------------------------------------------------
+
+    def save_applied_config(self, path: str, text: str, now: datetime) -> None:
+        """Keep the text of feeds.yaml `run` applied (read back by applied_config)."""
+        table = AppliedConfigRow.__table__
+        stmt = self._insert()(table).values(path=path, text=text, applied_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["path"], set_={"text": stmt.excluded.text, "applied_at": now},
+            where=table.c.text != stmt.excluded.text,  # the time it was first applied
+        )  # fmt: skip
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def applied_config(self, path: str) -> tuple[str, datetime] | None:
+        """The feeds.yaml text last applied from `path`, and since when."""
+        with Session(self.engine) as s:
+            row = s.get(AppliedConfigRow, path)
+            return (row.text, row.applied_at) if row else None
 
     # -- maintenance -------------------------------------------------------------------------
 

@@ -281,3 +281,71 @@ def test_run_applies_a_saved_feeds_yaml_and_refuses_a_broken_one_once(
         code, _ = stop(proc)
     assert code == 0, log()
     assert log().count("service started") == 1
+
+
+def test_a_restart_on_a_broken_feeds_yaml_runs_on_the_one_last_applied(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    # A bad edit, then a restart (a reboot, a supervisor, a deploy): monitoring goes on
+    # with the feeds.yaml last applied, the problem is said, and a fix is applied as ever.
+    urls = {n: feed_server.add(f"/{n}.xml", rss(n, f"{n} box office")) for n in ("a", "b", "c")}
+    config = tmp_path / "feeds.yaml"
+    env = dict(os.environ)
+    env |= {"REELWATCH_SLACK_BOT_TOKEN": slack_server.token,
+            "REELWATCH_SLACK_API_URL": slack_server.api_url}  # fmt: skip
+    broken = feeds_yaml({"a": urls["a"]}, broken=True)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(broken, str(config))
+    problem = str(refused.value)
+
+    def run(log_path: Path) -> subprocess.Popen:
+        with log_path.open("w") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+                env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+    def refusals() -> list:
+        return [c for c in slack_server.calls if "was refused" in c.payload.get("text", "")]
+
+    # never applied: a broken file stops `run` as before, saying why
+    config.write_text(broken)
+    first = subprocess.run([sys.executable, "-m", "monitor", "run", "--config", str(config)],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert first.returncode == 2 and problem in first.stderr, first.stderr
+
+    config.write_text(feeds_yaml({"a": urls["a"], "b": urls["b"]}))
+    proc = run(tmp_path / "1.log")
+    try:
+        assert wait_for(lambda: len(feed_server.seen("/b.xml")) == 1), (
+            tmp_path / "1.log"
+        ).read_text()
+    finally:
+        stop(proc)
+
+    save(config, broken)
+    log_path = tmp_path / "2.log"
+    proc = run(log_path)
+    try:
+        assert wait_for(lambda: len(refusals()) == 1, 20), log_path.read_text()
+        assert problem in refusals()[0].payload["text"]
+        log = log_path.read_text()
+        assert "service started feeds=2" in log  # a and b, as applied
+        assert f"error config refused, started on the last good one: {problem}" in log
+        # fixed while running on the copy: applied, and kept as the last applied
+        save(config, feeds_yaml(urls))
+        assert wait_for(lambda: len(feed_server.seen("/c.xml")) == 1, 20), log_path.read_text()
+        assert "config reloaded feeds_added=c" in log_path.read_text()
+    finally:
+        code, _ = stop(proc)
+    assert code == 0, log_path.read_text()
+
+    save(config, broken)
+    log_path = tmp_path / "3.log"
+    proc = run(log_path)
+    try:
+        assert wait_for(lambda: len(refusals()) == 2, 20), log_path.read_text()
+        assert "service started feeds=3" in log_path.read_text()  # a, b and c
+    finally:
+        code, _ = stop(proc)
+    assert code == 0, log_path.read_text()

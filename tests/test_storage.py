@@ -143,6 +143,22 @@ def test_heartbeat(repo: Repository) -> None:
     assert repo.heartbeat("scheduler") == NOW + timedelta(seconds=30)
 
 
+def test_the_feeds_yaml_applied_is_kept_per_file_with_when_it_was_first_applied(
+    repo: Repository,
+) -> None:
+    assert repo.applied_config("/etc/reelwatch/feeds.yaml") is None
+    repo.save_applied_config("/etc/reelwatch/feeds.yaml", "feeds: []\n", NOW)
+    repo.save_applied_config("/etc/reelwatch/feeds.yaml", "feeds: []\n", NOW + timedelta(hours=1))
+    assert repo.applied_config("/etc/reelwatch/feeds.yaml") == ("feeds: []\n", NOW)
+    repo.save_applied_config("/etc/reelwatch/feeds.yaml", "topics: {}\n", NOW + timedelta(hours=2))
+    repo.save_applied_config("/srv/other.yaml", "feeds: []\n", NOW)
+    assert repo.applied_config("/etc/reelwatch/feeds.yaml") == (
+        "topics: {}\n",
+        NOW + timedelta(hours=2),
+    )
+    assert repo.applied_config("/srv/other.yaml") == ("feeds: []\n", NOW)
+
+
 def test_prune_drops_closed_stories_keys_and_gone_workers_heartbeats(repo: Repository) -> None:
     """What nothing reads any more does not pile up over months; the archive stays."""
     window = timedelta(hours=72)

@@ -36,7 +36,15 @@ def make_engine(url: str | None = None) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(
+        url,
+        # Each distinct statement stays prepared in SQLite's cache (128 by default): the
+        # batched INSERTs of a poll come in a statement per row count (RETURNING the new
+        # ids), each a few hundred KB prepared. Batches of at most 16 rows and 64 cached
+        # statements: 3 MiB of SQLite's memory, not 7, for the same CPU (2,000 feeds).
+        insertmanyvalues_page_size=16,
+        connect_args={"check_same_thread": False, "timeout": 30, "cached_statements": 64},
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from monitor import __version__
 from monitor.config import (
     Config,
+    applied_key,
     config_path,
     load_config,
     parse_config,
@@ -306,7 +307,7 @@ def _start_config(path: Path, repo: Any) -> tuple[Config, ConfigError | None]:
     try:
         config, text = read_config(path)
     except ConfigError as exc:
-        saved = repo.applied_config(str(path.resolve()))
+        saved = repo.applied_config(applied_key(path))
         if saved is None:
             raise
         text, applied_at = saved
@@ -315,7 +316,7 @@ def _start_config(path: Path, repo: Any) -> tuple[Config, ConfigError | None]:
             return parse_config(text, label), exc
         except ConfigError:  # kept by an older release that read it otherwise
             raise exc from None
-    repo.save_applied_config(str(path.resolve()), text, utcnow())
+    repo.save_applied_config(applied_key(path), text, utcnow())
     return config, None
 
 

@@ -316,6 +316,14 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get("REELWATCH_CONFIG") or DEFAULT_CONFIG)
 
 
+def applied_key(path: str | os.PathLike[str]) -> str:
+    """Where the text applied from feeds.yaml at `path` is kept: the path made absolute,
+    its symlinks not followed. A Kubernetes ConfigMap's feeds.yaml resolves into a
+    directory made anew at every mount and update (..2026_12_04_10_00_00.1234), a
+    deploy's `current` link into the release's: resolved, no restart would find it."""
+    return os.path.abspath(path)
+
+
 def load_config(path: str | os.PathLike[str], *, empty_ok: bool = False) -> Config:
     """Read and validate feeds.yaml; raise ConfigError naming every problem's line.
     An empty file is refused (a service reading one would stop monitoring without a

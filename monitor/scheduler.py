@@ -21,7 +21,7 @@ from alerts.notices import render_config_refused
 from alerts.outbox import Pacer, dispatch_pending
 from alerts.routing import make_router
 from alerts.slack import SlackMessage, SlackSettings
-from monitor.config import Config, FeedConfig, load_config, parse_config
+from monitor.config import Config, FeedConfig, applied_key, load_config, parse_config
 from monitor.decide import is_due
 from monitor.errors import ConfigError, DeliveryError
 from monitor.health import check_health
@@ -35,12 +35,15 @@ log = logging.getLogger(__name__)
 HEARTBEAT = "scheduler"
 HEARTBEAT_EVERY = timedelta(seconds=30)
 DISPATCH_EVERY = timedelta(seconds=10)
+# a refusal notice Slack did not take (it is down; no network yet at boot): posted again
+NOTICE_RETRY = timedelta(seconds=30)
 HEALTH_EVERY = timedelta(minutes=5)
 MAINTENANCE_EVERY = timedelta(hours=1)
 DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its time
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
 RELOAD_RETRY = timedelta(seconds=30)  # a good edit the database kept from being applied
 SUMMARY_EVERY = timedelta(minutes=1)  # feeds poll on their own intervals: a line a minute
+WATCH_RETRY = timedelta(seconds=5)  # feeds.yaml's directory missing: looked for again
 
 
 class Service:
@@ -126,8 +129,12 @@ class Service:
             self._stop.set()  # also ends the watch of feeds.yaml
             if watcher is not None:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await watcher
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # the watch's end must not keep the service from stopping
+                    log.exception("config watch crashed")
             self.scheduler.shutdown(wait=False)
             await self.log_summary()  # the polls since the last line
             await self.poller.aclose()
@@ -175,6 +182,8 @@ class Service:
         self.config = config
         self.poller.reconfigure(config, router)
         self._refused = None
+        if self.scheduler.get_job("config-refused-retry") is not None:
+            self.scheduler.remove_job("config-refused-retry")  # fixed: nothing to say
         for name in (*change.feeds_removed, *change.feeds_changed):
             if self.scheduler.get_job(f"feed:{name}") is not None:
                 self.scheduler.remove_job(f"feed:{name}")  # its stored items stay
@@ -201,15 +210,18 @@ class Service:
         except ConfigError as exc:
             await self.refuse(exc)
             return
+        applied = False
         try:
             await self.apply(config)
+            applied = True
             if text is not None:  # what a restart starts on if the file breaks
-                path = str(self.config_path.resolve())
+                path = applied_key(self.config_path)
                 await self.poller.db(self.poller.repo.save_applied_config, path, text, utcnow())
         except Exception as exc:  # the database away (a restart, a lock): not this edit's fault
-            self._config_text = None  # not applied: the same text must not count as seen
+            self._config_text = None  # not done: the same text must not count as seen
             log.error(
-                "config not applied yet, retrying in %d s error=%r",
+                "config %s, retrying in %d s error=%r",
+                "applied but not kept yet for a restart" if applied else "not applied yet",
                 RELOAD_RETRY.total_seconds(), str(exc),
             )  # fmt: skip
             self.scheduler.add_job(
@@ -226,29 +238,59 @@ class Service:
         if problems == self._refused:
             return  # said once already; a good edit lets the next refusal be said again
         self._refused = problems
+        if self.scheduler.get_job("config-refused-retry") is not None:
+            self.scheduler.remove_job("config-refused-retry")  # this one is newer
         try:
             await asyncio.to_thread(self._send_notice, render_config_refused(problems))
-        except DeliveryError as exc:
-            log.error("config refusal notice not sent error=%r", str(exc))
+        except DeliveryError as error:
+            log.error("config refusal notice not sent error=%r", str(error))
+            if error.permanent:
+                return
+            # not said: posted again (a restart on a broken file has no other occasion)
+            self._refused = None
+            self.scheduler.add_job(
+                self.refuse, "date", run_date=utcnow() + NOTICE_RETRY, args=[exc],
+                kwargs={"at_start": at_start}, id="config-refused-retry", replace_existing=True,
+            )  # fmt: skip
 
     async def watch_config(self) -> None:
         assert self.config_path is not None
         with contextlib.suppress(OSError, UnicodeDecodeError):
             self._config_text = self.config_path.read_text(encoding="utf-8")
         polling: bool | None = None  # watchfiles' choice: inotify on Linux
+        missing = False  # the directory is not there (said once)
         while True:
             try:
                 async for _ in watch_config(self.config_path, self._stop, force_polling=polling):
+                    missing = False
                     try:
                         await self.reload()
                     except Exception:  # a reload's surprise must not end the watch
                         log.exception("config reload crashed")
                 return  # stopped
             except Exception as exc:  # e.g. the inotify watch limit is reached
-                if polling:
-                    raise
-                log.warning("config watch failed error=%r: checking every second instead", exc)
-                polling = True
+                if not polling:
+                    log.warning("config watch failed error=%r: checking every second instead",
+                                exc)  # fmt: skip
+                    polling = True
+                    continue
+                # nothing to watch (run on the last applied feeds.yaml, its directory not
+                # there: a volume not mounted, a release removed): looked for until it is
+                if not missing:
+                    log.error(
+                        "config watch failed error=%r: looking for %s every %d s",
+                        exc, self.config_path.parent, WATCH_RETRY.total_seconds(),
+                    )  # fmt: skip
+                    missing = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), WATCH_RETRY.total_seconds())
+                if self._stop.is_set():
+                    return
+                if self.config_path.exists():  # saved before the watch could see it
+                    try:
+                        await self.reload()
+                    except Exception:
+                        log.exception("config reload crashed")
 
     async def check_health(self) -> None:
         notices = await asyncio.to_thread(

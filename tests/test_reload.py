@@ -349,3 +349,41 @@ def test_a_restart_on_a_broken_feeds_yaml_runs_on_the_one_last_applied(
     finally:
         code, _ = stop(proc)
     assert code == 0, log_path.read_text()
+
+
+def test_a_restart_without_feeds_yaml_s_directory_watches_for_it_and_stops_cleanly(
+    feed_server: FeedServer, tmp_path: Path
+) -> None:
+    # run on the last applied feeds.yaml because its directory is not there (a volume not
+    # mounted, a release directory removed): the file is applied once it is back, and the
+    # service stops as ever (the watch of a missing directory used to end, then crash the stop)
+    urls = {n: feed_server.add(f"/{n}.xml", rss(n, f"{n} box office")) for n in ("a", "b")}
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    config = directory / "feeds.yaml"
+    config.write_text(feeds_yaml({"a": urls["a"]}))
+
+    def run(log_path: Path) -> subprocess.Popen:
+        with log_path.open("w") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+                stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+    proc = run(tmp_path / "1.log")
+    try:
+        assert wait_for(lambda: len(feed_server.seen("/a.xml")) == 1)
+    finally:
+        stop(proc)
+    config.unlink()
+    directory.rmdir()
+    log_path = tmp_path / "2.log"
+    proc = run(log_path)
+    try:
+        assert wait_for(lambda: "started on the last good one" in log_path.read_text(), 20)
+        directory.mkdir()
+        config.write_text(feeds_yaml(urls))
+        assert wait_for(lambda: len(feed_server.seen("/b.xml")) == 1, 20), log_path.read_text()
+    finally:
+        code, _ = stop(proc)
+    assert code == 0 and "Traceback" not in log_path.read_text(), log_path.read_text()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from alerts.slack import SECTION_MAX, TEXT_MAX, SlackMessage, _cut, escape, safe_link
 from monitor.types import HealthNotice
 
@@ -48,9 +50,13 @@ def render_health_notice(
     return SlackMessage(text=_cut(text, TEXT_MAX), blocks=blocks)
 
 
-def render_config_refused(problems: str) -> SlackMessage:
-    """An edit of feeds.yaml was refused; the service keeps its last good configuration."""
+def render_config_refused(problems: str, since: datetime | None = None) -> SlackMessage:
+    """An edit of feeds.yaml was refused; the service keeps its last good configuration
+    (`since`: refused at start, the service runs on the copy applied then)."""
     head = "An edit of feeds.yaml was refused; reelwatch keeps running on the last good one."
+    if since is not None:
+        head = (f"feeds.yaml was refused at start; reelwatch runs on the one applied "
+                f"{since:%Y-%m-%d %H:%M} UTC until the file is fixed.")  # fmt: skip
     # inside a code block mrkdwn styles nothing; only &, <, > and the fence need care
     code = problems.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     code = code.replace("```", "'''")

@@ -17,6 +17,7 @@ from typing import Any
 from monitor import __version__
 from monitor.config import (
     Config,
+    StartRefusal,
     applied_key,
     config_path,
     load_config,
@@ -298,7 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
 
 
-def _start_config(path: Path, repo: Any) -> tuple[Config, ConfigError | None]:
+def _start_config(path: Path, repo: Any) -> tuple[Config, StartRefusal | None]:
     """feeds.yaml to start on, kept as the last applied; or, if the file is broken now,
     the one last applied, and what is wrong with the file: a restart after a bad edit
     goes on monitoring and says so (with no good copy kept, it refuses as ever)."""
@@ -313,7 +314,7 @@ def _start_config(path: Path, repo: Any) -> tuple[Config, ConfigError | None]:
         text, applied_at = saved
         try:
             label = f"{path} (as applied {applied_at:%Y-%m-%d %H:%M} UTC)"
-            return parse_config(text, label), exc
+            return parse_config(text, label), StartRefusal(exc, applied_at)
         except ConfigError:  # kept by an older release that read it otherwise
             raise exc from None
     repo.save_applied_config(applied_key(path), text, utcnow())
@@ -329,7 +330,7 @@ def _storage() -> Any:
 
 
 def _run_worker(
-    args: argparse.Namespace, config: Config, repo: Any, slack: Any, refused: ConfigError | None
+    args: argparse.Namespace, config: Config, repo: Any, slack: Any, refused: StartRefusal | None
 ) -> int:
     from monitor.pipeline import Poller
     from monitor.worker import WorkerService
@@ -346,7 +347,7 @@ def _run_worker(
 def _run_service(
     service: Any, args: argparse.Namespace, config: Config, poller: Any, slack: Any,
     *, storage: Any = None,  # a storage.remote.RemoteRepository whose death stops the service
-    refused: ConfigError | None = None,  # feeds.yaml's problems, if it runs on the last good
+    refused: StartRefusal | None = None,  # feeds.yaml's problems, if it runs on a copy
 ) -> int:  # fmt: skip
     from monitor.metrics import Metrics, serve_metrics
 

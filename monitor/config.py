@@ -316,6 +316,14 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get("REELWATCH_CONFIG") or DEFAULT_CONFIG)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartRefusal:
+    """feeds.yaml refused at start: its problems, and when the copy run instead was applied."""
+
+    problems: ConfigError
+    applied_at: datetime
+
+
 def applied_key(path: str | os.PathLike[str]) -> str:
     """Where the text applied from feeds.yaml at `path` is kept: the path made absolute,
     its symlinks not followed. A Kubernetes ConfigMap's feeds.yaml resolves into a

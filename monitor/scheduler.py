@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,14 @@ from alerts.notices import render_config_refused
 from alerts.outbox import Pacer, dispatch_pending
 from alerts.routing import make_router
 from alerts.slack import SlackMessage, SlackSettings
-from monitor.config import Config, FeedConfig, applied_key, load_config, parse_config
+from monitor.config import (
+    Config,
+    FeedConfig,
+    StartRefusal,
+    applied_key,
+    load_config,
+    parse_config,
+)
 from monitor.decide import is_due
 from monitor.errors import ConfigError, DeliveryError
 from monitor.health import check_health
@@ -58,7 +65,7 @@ class Service:
         *,
         metrics: Metrics | None = None,  # None: no --metrics-port
         summary_every: timedelta = SUMMARY_EVERY,
-        refused: ConfigError | None = None,  # config_path's problems: config is the last good
+        refused: StartRefusal | None = None,  # config_path refused: config is the last applied
     ):
         self.config = config
         self.poller = poller
@@ -120,8 +127,8 @@ class Service:
         watcher = asyncio.create_task(self.watch_config()) if self.config_path else None
         feeds = sum(1 for f in self.config.feeds if f.enabled)
         log.info("service started feeds=%d topics=%d", feeds, len(self.config.topics))
-        if self._refused_at_start is not None:
-            await self.refuse(self._refused_at_start, at_start=True)
+        if (start := self._refused_at_start) is not None:
+            await self.refuse(start.problems, since=start.applied_at)
         try:
             await self._stop.wait()
         finally:
@@ -229,19 +236,21 @@ class Service:
                 replace_existing=True,
             )  # fmt: skip
 
-    async def refuse(self, exc: ConfigError, *, at_start: bool = False) -> None:
+    async def refuse(self, exc: ConfigError, *, since: datetime | None = None) -> None:
+        """Say feeds.yaml was refused: an edit (the last good config kept), or at start
+        (`since`: when the copy the service started on was applied)."""
         problems = str(exc)
-        log.error(
-            "config refused, %s on the last good one: %s",
-            "started" if at_start else "still running", " | ".join(problems.splitlines()),
-        )  # fmt: skip
+        kept = "still running on the last good one"
+        if since is not None:
+            kept = f"started on the one applied {since:%Y-%m-%d %H:%M} UTC"
+        log.error("config refused, %s: %s", kept, " | ".join(problems.splitlines()))
         if problems == self._refused:
             return  # said once already; a good edit lets the next refusal be said again
         self._refused = problems
         if self.scheduler.get_job("config-refused-retry") is not None:
             self.scheduler.remove_job("config-refused-retry")  # this one is newer
         try:
-            await asyncio.to_thread(self._send_notice, render_config_refused(problems))
+            await asyncio.to_thread(self._send_notice, render_config_refused(problems, since))
         except DeliveryError as error:
             log.error("config refusal notice not sent error=%r", str(error))
             if error.permanent:
@@ -250,7 +259,7 @@ class Service:
             self._refused = None
             self.scheduler.add_job(
                 self.refuse, "date", run_date=utcnow() + NOTICE_RETRY, args=[exc],
-                kwargs={"at_start": at_start}, id="config-refused-retry", replace_existing=True,
+                kwargs={"since": since}, id="config-refused-retry", replace_existing=True,
             )  # fmt: skip
 
     async def watch_config(self) -> None:

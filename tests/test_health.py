@@ -65,6 +65,15 @@ def test_render_config_refused_quotes_the_problems_inertly() -> None:
     assert "last good" in message.text and "feeds.yaml:3:15" in message.text
 
 
+def test_a_refusal_at_start_says_which_copy_the_service_runs_on() -> None:
+    problems = "feeds.yaml:3:15: feeds[0].interval: '15 minutes' is not a duration"
+    message = render_config_refused(problems, datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
+    assert message.text.startswith(
+        "feeds.yaml was refused at start; reelwatch runs on the one applied 2026-12-01 09:30 "
+        "UTC until the file is fixed. feeds.yaml:3:15"
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "flags, noticed, notices",
     [

@@ -9,7 +9,7 @@ import pytest
 
 from alerts.routing import make_router
 from alerts.slack import SlackSettings
-from monitor.config import parse_config
+from monitor.config import StartRefusal, parse_config
 from monitor.errors import ConfigError
 from monitor.pipeline import Poller
 from monitor.scheduler import Service
@@ -23,7 +23,7 @@ def test_a_refusal_notice_slack_did_not_take_is_posted_again(
 ) -> None:
     # a restart on a broken feeds.yaml at boot, before the network is up: the one notice
     # that says the service runs on an old copy must not be lost
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
     import monitor.scheduler
 
@@ -44,10 +44,11 @@ def test_a_refusal_notice_slack_did_not_take_is_posted_again(
 
     async def scenario() -> None:
         poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
-        service = Service(config, poller, slack, path, refused=broken.value)
+        start = StartRefusal(broken.value, datetime(2026, 12, 4, 9, tzinfo=UTC))
+        service = Service(config, poller, slack, path, refused=start)
         service.scheduler.start()
         try:
-            await service.refuse(broken.value, at_start=True)
+            await service.refuse(start.problems, since=start.applied_at)
             assert not refusals() and len(slack_server.attempts) == 1
             for _ in range(50):
                 if refusals():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -331,7 +332,9 @@ def test_a_restart_on_a_broken_feeds_yaml_runs_on_the_one_last_applied(
         assert problem in refusals()[0].payload["text"]
         log = log_path.read_text()
         assert "service started feeds=2" in log  # a and b, as applied
-        assert f"error config refused, started on the last good one: {problem}" in log
+        applied = re.search(r"started on the one applied (\S+ \S+) UTC: ", log)
+        assert applied and f"{applied.group()}{problem}" in log, log
+        assert f"runs on the one applied {applied.group(1)} UTC" in refusals()[0].payload["text"]
         # fixed while running on the copy: applied, and kept as the last applied
         save(config, feeds_yaml(urls))
         assert wait_for(lambda: len(feed_server.seen("/c.xml")) == 1, 20), log_path.read_text()
@@ -380,7 +383,7 @@ def test_a_restart_without_feeds_yaml_s_directory_watches_for_it_and_stops_clean
     log_path = tmp_path / "2.log"
     proc = run(log_path)
     try:
-        assert wait_for(lambda: "started on the last good one" in log_path.read_text(), 20)
+        assert wait_for(lambda: "started on the one applied" in log_path.read_text(), 20)
         directory.mkdir()
         config.write_text(feeds_yaml(urls))
         assert wait_for(lambda: len(feed_server.seen("/b.xml")) == 1, 20), log_path.read_text()

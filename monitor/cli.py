@@ -484,12 +484,17 @@ def _cell(value: Any) -> str:
 def cmd_feeds_check(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     config = load_config(path)
+    states = _repo().feed_states()
+    # gone (410) at the URL feeds.yaml gives: not polled until it is given a new one
+    gone = {f.name for f in config.feeds
+            if (st := states.get(f.name)) and st.disabled and st.url == f.url}  # fmt: skip
+    enabled = sum(1 for f in config.feeds if f.enabled and f.name not in gone)
     print(
-        f"{path}: ok: {len(config.feeds)} feeds "
-        f"({sum(1 for f in config.feeds if f.enabled)} enabled), {len(config.topics)} topics",
+        f"{path}: ok: {len(config.feeds)} feeds ({enabled} enabled"
+        f"{f', {len(gone)} gone: give them a new url' if gone else ''}), "
+        f"{len(config.topics)} topics",
         file=sys.stderr,
     )
-    states = _repo().feed_states()
     rows = []
     for feed in config.feeds:
         st = states.get(feed.name)
@@ -497,7 +502,7 @@ def cmd_feeds_check(args: argparse.Namespace) -> int:
             {
                 "name": feed.name,
                 "url": shown_url(feed.url),
-                "enabled": feed.enabled and not (st and st.disabled),
+                "enabled": feed.enabled and feed.name not in gone,
                 "interval": f"{int(config.interval(feed).total_seconds() // 60)}m",
                 "last_status": st.last_status if st else "never polled",
                 "last_success": _fmt_time(st.last_success) if st else None,

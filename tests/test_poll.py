@@ -303,6 +303,10 @@ def test_gone_feed_is_disabled_until_its_url_changes(
     assert poll(config) == 0
     assert "skipped" in capsys.readouterr().err
     assert len(feed_server.seen("/gone")) == 1  # not asked again
+    assert main(["feeds", "check", "--config", str(config), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert "1 feeds (0 enabled, 1 gone: give them a new url)" in out.err
+    assert json.loads(out.out)["enabled"] is False  # one JSON object per line
     config = write_config(tmp_path, {"old": feed_server.add("/thr.xml", fixture(THR))})
     assert poll(config) == 0
     assert not repo().feed_state("old").disabled and repo().count_items("old") == 9

@@ -63,6 +63,7 @@ from storage.types import (
     StoryRecord,
 )
 
+_RETRY_EARLY = timedelta(seconds=5)  # see _digest_takeable
 _STALE_SENDING = timedelta(hours=1)  # a digest "sending" this long was cut off: take it again
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _STORY_SIGNATURES = 10  # members of a story a new item is compared with
@@ -142,9 +143,11 @@ def _to_digest(row: DigestRow) -> DigestRecord:
 
 def _digest_takeable(now: datetime) -> Any:
     """A digest period due to be sent again: a retry that is due, or a send cut off
-    mid-way (a crash) an hour ago."""
+    mid-way (a crash) an hour ago. A retry falls due a little early: the service checks
+    once a minute, and a retry promised a minute after one check came due milliseconds
+    after the next and waited a minute more."""
     table = DigestRow.__table__
-    due_retry = and_(table.c.status == "retry", table.c.next_attempt <= now)
+    due_retry = and_(table.c.status == "retry", table.c.next_attempt <= now + _RETRY_EARLY)
     cut_off = and_(table.c.status == "sending", table.c.updated <= now - _STALE_SENDING)
     return due_retry | cut_off
 

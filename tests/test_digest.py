@@ -410,6 +410,21 @@ def test_smtp_down_is_retried_with_backoff_and_sent_when_it_is_back(
         assert len(received) == 1
 
 
+def test_a_retry_is_taken_by_the_check_that_runs_a_moment_before_it_falls_due(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the service checks once a minute; a retry promised one minute after a check falls
+    # due a few milliseconds after the next one (its start drifts): taken by it, not a
+    # minute later
+    smtp_down(monkeypatch)
+    seed(repo, ["AI story"])
+    setup = setup_of(config_file(tmp_path))
+    run_digest(repo, setup, WEEK, now=SENT_AT, smtp=None)
+    retry_at = repo.digest_record("weekly", WEEK.start).next_attempt
+    assert due_periods(repo, [setup], retry_at - timedelta(seconds=30)) == []
+    assert due_periods(repo, [setup], retry_at - timedelta(milliseconds=3)) != []
+
+
 def test_a_digest_whose_server_stays_down_is_retried_until_sent_even_a_period_later(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

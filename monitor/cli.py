@@ -25,6 +25,7 @@ from monitor.config import (
     parse_duration,
     read_config,
 )
+from monitor.decide import gone_at
 from monitor.errors import ConfigError
 from monitor.logs import setup_logging
 from monitor.normalize import shown_url
@@ -401,9 +402,7 @@ def _poll(args: argparse.Namespace, repo: Any) -> int:
         with repo.exclusive_run():
             # read once the poll is ours: a poll that just ended elsewhere left newer ones
             states = repo.feed_states()
-            gone = [
-                f for f in feeds if (st := states.get(f.name)) and st.disabled and st.url == f.url
-            ]
+            gone = [f for f in feeds if gone_at(states.get(f.name), f.url)]
             for feed in gone:
                 print(f"  {feed.name}: skipped, {states[feed.name].last_error}", file=sys.stderr)
             feeds = [f for f in feeds if f not in gone]
@@ -486,8 +485,7 @@ def cmd_feeds_check(args: argparse.Namespace) -> int:
     config = load_config(path)
     states = _repo().feed_states()
     # gone (410) at the URL feeds.yaml gives: not polled until it is given a new one
-    gone = {f.name for f in config.feeds
-            if (st := states.get(f.name)) and st.disabled and st.url == f.url}  # fmt: skip
+    gone = {f.name for f in config.feeds if gone_at(states.get(f.name), f.url)}
     enabled = sum(1 for f in config.feeds if f.enabled and f.name not in gone)
     print(
         f"{path}: ok: {len(config.feeds)} feeds ({enabled} enabled"

@@ -21,6 +21,11 @@ def backoff(interval: timedelta, failures: int, cap: timedelta) -> timedelta:
     return min(interval * (2 ** min(failures, 20)), max(cap, interval))
 
 
+def gone_at(state: FeedState | None, url: str) -> bool:
+    """Whether the feed answered 410 Gone at this url: not polled until it has a new one."""
+    return state is not None and state.disabled and state.url == url
+
+
 def is_due(state: FeedState | None, now: datetime, interval: timedelta | None = None) -> bool:
     """Due at the stored next poll; a healthy feed also one `interval` after its last
     attempt, so a shorter interval in an edited feeds.yaml takes effect at once."""

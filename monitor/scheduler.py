@@ -29,7 +29,7 @@ from monitor.config import (
     load_config,
     parse_config,
 )
-from monitor.decide import is_due
+from monitor.decide import gone_at, is_due
 from monitor.errors import ConfigError, DeliveryError
 from monitor.health import check_health
 from monitor.metrics import CYCLE_EVENT, Metrics, PollCycle, log_fields
@@ -44,6 +44,7 @@ HEARTBEAT_EVERY = timedelta(seconds=30)
 DISPATCH_EVERY = timedelta(seconds=10)
 # a refusal notice Slack did not take (it is down; no network yet at boot): posted again
 NOTICE_RETRY = timedelta(seconds=30)
+REFUSAL_RETRY_JOB = "config-refused-retry"
 HEALTH_EVERY = timedelta(minutes=5)
 MAINTENANCE_EVERY = timedelta(hours=1)
 DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its time
@@ -158,14 +159,14 @@ class Service:
         for feed in feeds:
             interval = self.config.interval(feed)
             state = states.get(feed.name)
-            if state is not None and state.url != feed.url:
-                state = None  # a new URL starts afresh, even for a feed that was gone
-            if state is not None and state.disabled:
+            if state is not None and gone_at(state, feed.url):
                 log.warning(
                     "feed disabled feed=%s reason=%r: give it a new url to poll it again",
                     feed.name, state.last_error,
                 )  # fmt: skip
                 continue
+            if state is not None and state.url != feed.url:
+                state = None  # a new URL starts afresh
             # the record in storage, not the scheduler's memory, says when a feed is due
             first = now + timedelta(seconds=random.uniform(0, spread))
             if state is not None and state.next_poll:
@@ -189,11 +190,9 @@ class Service:
         self.config = config
         self.poller.reconfigure(config, router)
         self._refused = None
-        if self.scheduler.get_job("config-refused-retry") is not None:
-            self.scheduler.remove_job("config-refused-retry")  # fixed: nothing to say
+        self._drop_job(REFUSAL_RETRY_JOB)  # fixed: nothing to say
         for name in (*change.feeds_removed, *change.feeds_changed):
-            if self.scheduler.get_job(f"feed:{name}") is not None:
-                self.scheduler.remove_job(f"feed:{name}")  # its stored items stay
+            self._drop_job(f"feed:{name}")  # its stored items stay
         fresh = {*change.feeds_added, *change.feeds_changed}
         self._schedule([f for f in config.feeds if f.enabled and f.name in fresh], states)
         log.info("config reloaded %s", change.summary())
@@ -247,8 +246,7 @@ class Service:
         if problems == self._refused:
             return  # said once already; a good edit lets the next refusal be said again
         self._refused = problems
-        if self.scheduler.get_job("config-refused-retry") is not None:
-            self.scheduler.remove_job("config-refused-retry")  # this one is newer
+        self._drop_job(REFUSAL_RETRY_JOB)  # this one is newer
         try:
             await asyncio.to_thread(self._send_notice, render_config_refused(problems, since))
         except DeliveryError as error:
@@ -259,7 +257,7 @@ class Service:
             self._refused = None
             self.scheduler.add_job(
                 self.refuse, "date", run_date=utcnow() + NOTICE_RETRY, args=[exc],
-                kwargs={"since": since}, id="config-refused-retry", replace_existing=True,
+                kwargs={"since": since}, id=REFUSAL_RETRY_JOB, replace_existing=True,
             )  # fmt: skip
 
     async def watch_config(self) -> None:
@@ -272,10 +270,7 @@ class Service:
             try:
                 async for _ in watch_config(self.config_path, self._stop, force_polling=polling):
                     missing = False
-                    try:
-                        await self.reload()
-                    except Exception:  # a reload's surprise must not end the watch
-                        log.exception("config reload crashed")
+                    await self._reload_logged()
                 return  # stopped
             except Exception as exc:  # e.g. the inotify watch limit is reached
                 if not polling:
@@ -296,10 +291,17 @@ class Service:
                 if self._stop.is_set():
                     return
                 if self.config_path.exists():  # saved before the watch could see it
-                    try:
-                        await self.reload()
-                    except Exception:
-                        log.exception("config reload crashed")
+                    await self._reload_logged()
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # a reload's surprise must not end the watch
+            log.exception("config reload crashed")
+
+    def _drop_job(self, job_id: str) -> None:
+        if self.scheduler.get_job(job_id) is not None:
+            self.scheduler.remove_job(job_id)
 
     async def check_health(self) -> None:
         notices = await asyncio.to_thread(
@@ -333,8 +335,8 @@ class Service:
         ):
             return
         report = await self.poller.poll_feed(feed)
-        if report.status == "gone" and self.scheduler.get_job(f"feed:{feed.name}") is not None:
-            self.scheduler.remove_job(f"feed:{feed.name}")
+        if report.status == "gone":
+            self._drop_job(f"feed:{feed.name}")
         if report.deliveries:
             self.scheduler.modify_job("dispatch", next_run_time=utcnow())
 

@@ -314,8 +314,7 @@ def _start_config(path: Path, repo: Any) -> tuple[Config, StartRefusal | None]:
             raise
         text, applied_at = saved
         try:
-            label = f"{path} (as applied {applied_at:%Y-%m-%d %H:%M} UTC)"
-            return parse_config(text, label), StartRefusal(exc, applied_at)
+            return parse_config(text, str(path)), StartRefusal(exc, applied_at)
         except ConfigError:  # kept by an older release that read it otherwise
             raise exc from None
     repo.save_applied_config(applied_key(path), text, utcnow())

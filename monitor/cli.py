@@ -216,16 +216,23 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 
 
 def main(
-    argv: Sequence[str] | None = None, *, after_imports: Callable[[], None] | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    after_imports: Callable[[], None] | None = None,
+    storage: Any = None,
 ) -> int:
     """Runs one command and returns its exit status. `after_imports`, when given, is
-    called once the command's modules are imported, before it starts."""
+    called once the command's modules are imported, before it starts. `storage`: the
+    storage process monitor.launch started for `poll` or `run` before any import."""
     args = build_parser().parse_args(argv)
+    args.storage = storage
     if after_imports is not None:
         for module in _COMMAND_MODULES.get(args.command, ()):
             importlib.import_module(module)
         after_imports()
     setup_logging(args.log_format, args.log_level)
+    if storage is not None:
+        storage.log_as(args.log_format, args.log_level)
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -283,27 +290,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.worker:
         repo = _repo()
-        config, refused = _start_config(config_path(args.config), repo)
-        return _run_worker(args, config, repo, SlackSettings.from_env(), refused)
-    with _storage() as repo:
+        config, text, refused = _start_config(config_path(args.config), repo)
+        return _run_worker(args, config, repo, SlackSettings.from_env(), text, refused)
+    with _storage(args) as repo:
         slack = SlackSettings.from_env()
         repo.create_schema()
         try:
             with repo.exclusive_run():
                 repo.release_leases()  # the one run on this database: nothing is held by others
-                config, refused = _start_config(config_path(args.config), repo)
+                config, text, refused = _start_config(config_path(args.config), repo)
                 poller = Poller(config, repo, router=_router(config, slack))
                 return _run_service(Service, args, config, poller, slack, storage=repo,
-                                    refused=refused)  # fmt: skip
+                                    text=text, refused=refused)  # fmt: skip
         except DatabaseLockedError as exc:
             print(f"reelwatch run: {exc}", file=sys.stderr)
             return EXIT_FAILURE
 
 
-def _start_config(path: Path, repo: Any) -> tuple[Config, StartRefusal | None]:
+def _start_config(path: Path, repo: Any) -> tuple[Config, str | None, StartRefusal | None]:
     """feeds.yaml to start on, kept as the last applied; or, if the file is broken now,
     the one last applied, and what is wrong with the file: a restart after a bad edit
-    goes on monitoring and says so (with no good copy kept, it refuses as ever)."""
+    goes on monitoring and says so (with no good copy kept, it refuses as ever). And the
+    file's text as read (None: unreadable): the service's watch applies any other."""
     from monitor.pipeline import utcnow
 
     try:
@@ -312,26 +320,33 @@ def _start_config(path: Path, repo: Any) -> tuple[Config, StartRefusal | None]:
         saved = repo.applied_config(applied_key(path))
         if saved is None:
             raise
-        text, applied_at = saved
+        applied, applied_at = saved
+        read = None
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            read = path.read_text(encoding="utf-8")
         try:
-            return parse_config(text, str(path)), StartRefusal(exc, applied_at)
+            return parse_config(applied, str(path)), read, StartRefusal(exc, applied_at)
         except ConfigError:  # kept by an older release that read it otherwise
             raise exc from None
     repo.save_applied_config(applied_key(path), text, utcnow())
-    return config, None
+    return config, text, None
 
 
-def _storage() -> Any:
-    """The repository in a process of its own (storage.remote), started before
-    feeds.yaml is read (its imports overlap) and stopped when the command ends."""
+def _storage(args: argparse.Namespace) -> Any:
+    """The repository in a process of its own (storage.remote), stopped when the command
+    ends: the one monitor.launch started, or one started now, before feeds.yaml is read
+    (its imports overlap)."""
+    if args.storage is not None:
+        return args.storage
     from storage.remote import RemoteRepository
 
     return RemoteRepository()
 
 
 def _run_worker(
-    args: argparse.Namespace, config: Config, repo: Any, slack: Any, refused: StartRefusal | None
-) -> int:
+    args: argparse.Namespace, config: Config, repo: Any, slack: Any, text: str | None,
+    refused: StartRefusal | None,
+) -> int:  # fmt: skip
     from monitor.pipeline import Poller
     from monitor.worker import WorkerService
 
@@ -341,12 +356,13 @@ def _run_worker(
               "`reelwatch run`", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     poller = Poller(config, repo, router=_router(config, slack))
-    return _run_service(WorkerService, args, config, poller, slack, refused=refused)
+    return _run_service(WorkerService, args, config, poller, slack, text=text, refused=refused)
 
 
 def _run_service(
     service: Any, args: argparse.Namespace, config: Config, poller: Any, slack: Any,
     *, storage: Any = None,  # a storage.remote.RemoteRepository whose death stops the service
+    text: str | None = None,  # feeds.yaml's text as read at start
     refused: StartRefusal | None = None,  # feeds.yaml's problems, if it runs on a copy
 ) -> int:  # fmt: skip
     from monitor.metrics import Metrics, serve_metrics
@@ -360,7 +376,8 @@ def _run_service(
                   f"{args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)  # fmt: skip
             return EXIT_FAILURE
         svc = service(config, poller, slack, config_path(args.config), metrics=metrics,
-                      summary_every=args.summary_every, refused=refused)  # fmt: skip
+                      summary_every=args.summary_every, refused=refused,
+                      config_text=text)  # fmt: skip
         asyncio.run(_serve(svc, storage))
     return EXIT_FAILURE if storage is not None and storage.died else EXIT_OK
 
@@ -373,7 +390,7 @@ async def _serve(service: Any, storage: Any) -> None:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    with _storage() as repo:
+    with _storage(args) as repo:
         return _poll(args, repo)
 
 

@@ -91,7 +91,9 @@ _CONFIGMAP_LINK = "..data"
 async def watch_config(
     path: Path, stop: asyncio.Event, *, force_polling: bool | None = None
 ) -> AsyncIterator[None]:
-    """Yield each time `path` may have been saved, until `stop` is set.
+    """Yield each time `path` may have been saved, until `stop` is set; and once as soon
+    as the watch is set up, if the file is there: a save made before the watch could see
+    it (while the service started, or with the file's directory) is read then.
 
     Watches the file's directory, not the file: editors save by writing a temporary file
     and renaming it over the old one, and a watch on the old file would see nothing.
@@ -104,9 +106,14 @@ async def watch_config(
         name = Path(changed).name
         return name == target.name or name == _CONFIGMAP_LINK
 
-    # step: yield once the directory has been quiet for 300 ms, not mid-save
-    async for _changes in awatch(
+    set_up = False
+    # step: yield once the directory has been quiet for 300 ms, not mid-save; the watch
+    # wakes every second, changes or not (the first wake-up: the watch is set up)
+    async for changes in awatch(
         target.parent, watch_filter=is_config, stop_event=stop, recursive=False, step=300,
-        force_polling=force_polling, poll_delay_ms=1000,
+        force_polling=force_polling, poll_delay_ms=1000, rust_timeout=1000,
+        yield_on_timeout=True,
     ):  # fmt: skip
-        yield
+        if changes or (not set_up and path.exists()):
+            yield
+        set_up = True

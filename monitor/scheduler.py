@@ -67,12 +67,13 @@ class Service:
         metrics: Metrics | None = None,  # None: no --metrics-port
         summary_every: timedelta = SUMMARY_EVERY,
         refused: StartRefusal | None = None,  # config_path refused: config is the last applied
+        config_text: str | None = None,  # config_path's text as read at start, good or refused
     ):
         self.config = config
         self.poller = poller
         self.slack = slack
         self.config_path = config_path
-        self._config_text: str | None = None  # the text last read, good or refused
+        self._config_text = config_text  # the text last read, good or refused
         self._refused: str | None = None  # the refusal last posted; a good edit clears it
         self._refused_at_start = refused
         self._started = utcnow()
@@ -262,8 +263,9 @@ class Service:
 
     async def watch_config(self) -> None:
         assert self.config_path is not None
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            self._config_text = self.config_path.read_text(encoding="utf-8")
+        if self._config_text is None:  # not told what the service started on
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                self._config_text = self.config_path.read_text(encoding="utf-8")
         polling: bool | None = None  # watchfiles' choice: inotify on Linux
         missing = False  # the directory is not there (said once)
         while True:
@@ -334,7 +336,15 @@ class Service:
             and not is_due(state, now + slack, interval=interval)
         ):
             return
-        report = await self.poller.poll_feed(feed)
+        try:
+            report = await self.poller.poll_feed(feed)
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            # stopped mid-poll (its parse cancelled): a poll stored whole or not at all,
+            # polled again at the next start; not a job's error, with a traceback
+            log.info("poll stopped feed=%s: the service is stopping", feed.name)
+            return
         if report.status == "gone":
             self._drop_job(f"feed:{feed.name}")
         if report.deliveries:

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 from storage.models import UTCDateTime
+from storage.types import SchemaUpgrade
 
 if TYPE_CHECKING:
     from alembic.autogenerate.api import AutogenContext
@@ -52,17 +52,6 @@ log = logging.getLogger(__name__)
 
 class SchemaError(Exception):
     """The database's schema cannot be brought to this release's."""
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaUpgrade:
-    before: str | None  # None: no revision yet (an empty database, or one predating them)
-    after: str
-    predates_migrations: bool = False  # tables made by create_all before migrations existed
-
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -90,6 +91,12 @@ class RemoteRepository:
             with contextlib.suppress(StorageError):
                 self._call(_unlock)
 
+    def log_as(self, fmt: str, level: str) -> None:
+        """The storage process logs as the command does, from its next call on (started
+        before logging was set up: monitor.launch starts it first). Not waited for:
+        calls are answered in turn, so this one comes before any that follows."""
+        self._pool.submit(_log_as, fmt, level)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
@@ -119,13 +126,16 @@ def _start(owner: int, url: str | None, logging_settings: tuple[str, str] | None
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
     if logging_settings is not None:
-        from monitor.logs import setup_logging
-
-        setup_logging(*logging_settings)
+        _log_as(*logging_settings)
     global _repo
+    # as monitor.launch does: the collector off while the imports make objects that
+    # live until exit, then those frozen out of its sight
+    gc.disable()
     from storage import Repository, make_engine
 
     _repo = Repository(make_engine(url))
+    gc.freeze()
+    gc.enable()
 
 
 def _exit_with(owner: int) -> None:
@@ -136,6 +146,12 @@ def _exit_with(owner: int) -> None:
 
 def _ready() -> None:
     pass
+
+
+def _log_as(fmt: str, level: str) -> None:
+    from monitor.logs import setup_logging
+
+    setup_logging(fmt, level)
 
 
 def _method(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -35,7 +35,7 @@ from sqlmodel import Session
 
 from monitor import stories as story_rules
 from monitor.types import FeedState, FeedUpdate, Item, Match, ParsedBlob, ParsedFeed
-from storage.migrate import SchemaUpgrade, upgrade_schema
+from storage.migrate import upgrade_schema
 from storage.models import (
     AppliedConfigRow,
     DeliveryRow,
@@ -57,6 +57,7 @@ from storage.types import (
     FeedActivity,
     PendingDelivery,
     PollWrite,
+    SchemaUpgrade,
     StoredItem,
     StoreResult,
     StoryInfo,

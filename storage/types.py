@@ -22,6 +22,20 @@ class StorageError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaUpgrade:
+    """What create_schema did (it comes back to the service's process, which must
+    not import storage.migrate to read it: that is sqlalchemy and sqlmodel)."""
+
+    before: str | None  # None: no revision yet (an empty database, or one predating them)
+    after: str
+    predates_migrations: bool = False  # tables made by create_all before migrations existed
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass(frozen=True, slots=True)
 class StoreResult:
     new_items: int = 0
     new_matches: int = 0

@@ -28,12 +28,13 @@ def test_a_restart_finds_the_last_applied_through_a_configmaps_symlinks(tmp_path
             (mount / "feeds.yaml").symlink_to("..data/feeds.yaml")
 
     mounted("..2026_12_01_10_00_00.1", feeds_yaml({"a": "https://example.com/a.xml"}))
-    config, refused = _start_config(mount / "feeds.yaml", repo)
+    config, _text, refused = _start_config(mount / "feeds.yaml", repo)
     assert refused is None and [f.name for f in config.feeds] == ["a"]
     broken = feeds_yaml({"a": "https://example.com/a.xml"}, broken=True)
     mounted("..2026_12_04_10_00_00.2", broken)
-    config, refused = _start_config(mount / "feeds.yaml", repo)
+    config, text, refused = _start_config(mount / "feeds.yaml", repo)
     assert refused is not None and [f.name for f in config.feeds] == ["a"]
+    assert text == broken  # what the watch compares an edit with
 
 
 def test_a_relative_path_is_kept_as_the_absolute_one(tmp_path: Path, monkeypatch) -> None:

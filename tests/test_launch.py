@@ -26,7 +26,9 @@ def test_the_command_runs_with_the_collector_on_and_start_up_frozen(
 ) -> None:
     seen: dict[str, object] = {}
 
-    def command(argv: object = None, *, after_imports: Callable[[], None]) -> int:
+    def command(
+        argv: object = None, *, after_imports: Callable[[], None], storage: object = None
+    ) -> int:
         seen["collector while importing"] = gc.isenabled()
         frozen = gc.get_freeze_count()
         after_imports()

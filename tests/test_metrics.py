@@ -149,6 +149,9 @@ def test_run_serves_metrics_that_count_polls_and_logs_a_json_cycle_line(
     assert first["lag_max_ms"] >= 0
     assert sum(line["feeds"] for line in lines) == samples[("reelwatch_polls_total",
                                                              (("outcome", "ok"),))]  # fmt: skip
+    # every line is JSON, the storage process's too (started before logging was set up)
+    records = [json.loads(line) for line in err.splitlines()]
+    assert any(r["logger"] == "storage.migrate" for r in records), err
 
 
 def test_metrics_port_in_use_is_refused_with_exit_1(

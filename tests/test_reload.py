@@ -196,6 +196,35 @@ def test_a_good_edit_the_database_kept_from_being_applied_is_applied_later(
     assert {"feed:a", "feed:b"} <= after
 
 
+def test_a_save_made_before_the_watch_began_is_applied_once_it_has(tmp_path: Path) -> None:
+    """feeds.yaml saved while the service starts (after it read the file, before its watch
+    could see a save) is applied once the watch is set up, not at the next edit."""
+    path = tmp_path / "feeds.yaml"
+    started_on = feeds_yaml({"a": "http://127.0.0.1:9/a.xml"})
+    path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml", "b": "http://127.0.0.1:9/b.xml"}))
+    config = parse_config(started_on)
+    repo = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    repo.create_schema()
+    slack = SlackSettings(webhook_url=None, bot_token=None, api_url="http://127.0.0.1:9/")
+
+    async def scenario() -> list[str]:
+        poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
+        service = Service(config, poller, slack, path, config_text=started_on)
+        watch = asyncio.create_task(service.watch_config())
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if len(service.config.feeds) == 2:
+                    break
+            return [f.name for f in service.config.feeds]
+        finally:
+            service._stop.set()
+            await watch
+            await poller.aclose()
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+
+
 def feeds_yaml(feeds: dict[str, str], broken: bool = False) -> str:
     lines = ["defaults:", "  interval: 1m", "  timeout: 5s", "feeds:"]
     for name, url in feeds.items():

@@ -177,6 +177,21 @@ def test_a_compared_signature_is_the_same_signature() -> None:
 
 
 @pytest.mark.parametrize(
+    "stored, kept",
+    [
+        (["Lionsgate", "Runway"], ("Lionsgate", "Runway")),  # as to_json writes them
+        (["Runway", "Lionsgate", "Runway"], ("Lionsgate", "Runway")),  # by hand: sorted, once
+        (["Runway", 2027], ("2027", "Runway")),  # not a string
+        ("Runway", ()),  # not a list
+        (None, ()),
+    ],
+)
+def test_a_stored_signature_reads_back_as_sorted_distinct_strings(stored, kept) -> None:
+    sig = Signature.from_json({"title_key": "t", "words": stored, "entities": stored})
+    assert sig.words == sig.entities == kept
+
+
+@pytest.mark.parametrize(
     "text, lang, lead",
     [
         (("Landgericht München: GEMA gewinnt gegen OpenAI", "Das Gericht urteilt."), "de", "gema"),

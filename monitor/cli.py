@@ -889,10 +889,19 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     if args.retry is not None:
         from monitor.pipeline import utcnow
 
-        count = _repo().retry_failed_deliveries(
-            args.retry or None, utcnow(), channel=args.to_channel
-        )
-        print(f"{count} failed alert(s) queued again: `reelwatch run` sends them within 10 s")
+        ids = args.retry or None
+        count = _repo().retry_failed_deliveries(ids, utcnow(), channel=args.to_channel)
+        if count:
+            print(f"{count} failed alert(s) queued again: `reelwatch run` sends them within 10 s")
+        asked = sorted(set(ids or ()))
+        if ids is not None and count < len(asked):
+            print(
+                f"{len(asked) - count} of the alerts {', '.join(map(str, asked))} not queued: "
+                "not failed (or, with --to-channel, owed to that channel already); "
+                "`reelwatch deliveries --status failed` lists the failed ones"
+            )
+        elif not count:
+            print("no failed alerts: nothing to send again")
         return EXIT_OK
     rows = [
         {

@@ -680,8 +680,8 @@ def run_digest(
     repo.finish_digest(
         setup.name, period.start, status="sent", now=now, items=count, error=problems or None,
     )  # fmt: skip
-    log.info("digest=%s period=%s status=%s items=%d", setup.name, period.start.date(), status,
-             count)  # fmt: skip
+    log.info("digest=%s period=%s status=%s items=%d to=%s", setup.name, period.start.date(),
+             status, count, ",".join(outcome.accepted))  # fmt: skip
     return DigestResult(status, message, period, subject, text, html)
 
 

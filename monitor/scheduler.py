@@ -51,6 +51,8 @@ DIGESTS_EVERY = timedelta(minutes=1)  # a digest is sent within a minute of its 
 STARTUP_SPREAD_MAX = 30.0  # seconds over which the first polls after start are spread
 RELOAD_RETRY = timedelta(seconds=30)  # a good edit the database kept from being applied
 SUMMARY_EVERY = timedelta(minutes=1)  # feeds poll on their own intervals: a line a minute
+# what alerts.digest logs itself (once: the service said a retry or a send twice)
+_LOGGED_BY_DIGEST = frozenset({"sent", "partial", "retry", "failed"})
 WATCH_RETRY = timedelta(seconds=5)  # feeds.yaml's directory missing: looked for again
 
 
@@ -377,7 +379,8 @@ class Service:
                 self._digest_errors.add(name)
             else:
                 self._digest_errors.discard(name)
-                log.info("digest=%s %s", name, result.message)
+                if result.status not in _LOGGED_BY_DIGEST:
+                    log.info("digest=%s %s", name, result.message)
                 if self.metrics is not None and result.status == "sent":
                     self.metrics.record_digest_sent(name)
 

@@ -57,6 +57,21 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def _certificate_refused(exc: BaseException) -> str | None:
+    """What was wrong with the server's certificate, in words (not OpenSSL's
+    "[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:1006)"); None if that was not it."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or cause.reason or "not verified"
+            return (
+                f"the server's TLS certificate was refused: {why} (a feed on an intranet "
+                "with its own certificate authority: point SSL_CERT_FILE at that CA's file)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def describe_status(code: int) -> str:
     if code == 404:
         return "resource not found (404 status code)"
@@ -378,7 +393,8 @@ class Fetcher:
         except httpx.TimeoutException:
             raise FetchError(f"timed out after {timeout:g} s") from None
         except httpx.ConnectError as exc:
-            raise FetchError(f"cannot connect: {exc or type(exc).__name__}") from None
+            tls = _certificate_refused(exc)
+            raise FetchError(tls or f"cannot connect: {exc or type(exc).__name__}") from None
         except httpx.RemoteProtocolError as exc:
             raise FetchError(f"the server broke the HTTP protocol: {exc}") from None
         except httpx.HTTPError as exc:

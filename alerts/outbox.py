@@ -196,6 +196,8 @@ class _Claims:
         self._lost: set[int] = set()
         # channel -> when Slack's Retry-After ends: the pass sends nothing more there
         self.paused: dict[str, datetime] = {}
+        # the token or webhook Slack refused in this pass: it sends nothing more
+        self.refused: DeliveryError | None = None
 
     def keep(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
         # a third: what follows a check (the pace, a send and a coverage update, 30 s
@@ -289,6 +291,12 @@ def _send(
     deliveries = claims.keep(deliveries)
     if not deliveries:  # another worker took them: it sends them
         return DispatchReport()
+    if claims.refused is not None and channel != "console":
+        # Slack refused the token or webhook in this pass: every channel would answer
+        # the same, so the rest fail alike, not one request (and one log line) each
+        for d in deliveries:
+            repo.mark_delivery_failed(d.id, str(claims.refused))
+        return DispatchReport(failed=len(deliveries))
     until = claims.paused.get(channel)
     if until is not None:  # a 429 in this pass: wait as Slack said, without asking again
         for d in deliveries:
@@ -311,13 +319,16 @@ def _send(
                 repo.mark_delivery_retry(
                     d.id, str(exc), now + retry_delay(d.attempts, exc.retry_after)
                 )
+        if exc.credentials:
+            claims.refused = exc
         if exc.permanent:
             log.error(
                 "delivery failed channel=%s deliveries=%d error=%r: kept; once it is fixed, "
-                "`reelwatch deliveries --retry` sends them",
+                "`reelwatch deliveries --retry` sends them%s",
                 channel,
                 len(deliveries),
                 str(exc),
+                " (the other alerts due now fail alike, unsent)" if exc.credentials else "",
             )
             return DispatchReport(failed=len(deliveries))
         log.warning(

@@ -41,6 +41,10 @@ PERMANENT_API_ERRORS = {
 }
 
 
+# Of those, the ones that refuse the token itself: every channel would answer the same.
+CREDENTIAL_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked"})
+
+
 @dataclass(frozen=True, slots=True)
 class SlackMessage:
     text: str  # plain-text fallback: notifications, screen readers
@@ -222,15 +226,16 @@ class SlackBotSender:
                 ) from None
             if error in PERMANENT_API_ERRORS:
                 raise DeliveryError(
-                    f"{PERMANENT_API_ERRORS[error]} ({error})", channel=channel, permanent=True
-                ) from None
+                    f"{PERMANENT_API_ERRORS[error]} ({error})", channel=channel, permanent=True,
+                    credentials=error in CREDENTIAL_ERRORS,
+                ) from None  # fmt: skip
             if (status and status >= 500) or not error:
                 raise DeliveryError(f"Slack answered HTTP {status}", channel=channel) from None
             raise DeliveryError(f"Slack refused the message: {error}", channel=channel) from None
         except SlackRequestError:  # "Invalid URL detected": never reaches the network
             raise DeliveryError(
                 "REELWATCH_SLACK_API_URL is not an http(s):// URL (quotes an env file kept?)",
-                channel=channel, permanent=True,
+                channel=channel, credentials=True,
             ) from None  # fmt: skip
         except OSError as exc:  # urllib's URLError, timeouts, refused connections
             raise DeliveryError(f"cannot reach Slack: {exc}", channel=channel) from None
@@ -238,7 +243,7 @@ class SlackBotSender:
             raise DeliveryError(
                 "REELWATCH_SLACK_BOT_TOKEN holds a line break or other control character "
                 "(a secret file of two lines, or a CRLF?): set it to the token alone",
-                channel=channel, permanent=True,
+                channel=channel, credentials=True,
             ) from None  # fmt: skip
         except Exception as exc:  # anything else: its name, not its text (it may hold the token)
             raise DeliveryError(
@@ -269,7 +274,7 @@ class SlackWebhookSender:
             raise DeliveryError(
                 "REELWATCH_SLACK_WEBHOOK_URL is not an https:// URL (quotes an env file "
                 "kept?): set it to the address Slack gave the webhook",
-                channel=channel, permanent=True,
+                channel=channel, credentials=True,
             ) from None  # fmt: skip
         except OSError as exc:
             raise DeliveryError(
@@ -287,7 +292,7 @@ class SlackWebhookSender:
             raise DeliveryError(
                 f"the webhook was revoked or deleted ({status} {body}); "
                 "create a new one and set REELWATCH_SLACK_WEBHOOK_URL",
-                channel=channel, permanent=True,
+                channel=channel, credentials=True,
             )  # fmt: skip
         if status == 429:
             raise DeliveryError(

@@ -84,8 +84,10 @@ class DeliveryError(ReelwatchError):
         channel: str = "",
         permanent: bool = False,
         retry_after: float | None = None,
+        credentials: bool = False,  # the token or webhook itself refused: every channel alike
     ):
         self.channel = channel
-        self.permanent = permanent
+        self.permanent = permanent or credentials
         self.retry_after = retry_after
+        self.credentials = credentials
         super().__init__(message)

@@ -222,6 +222,37 @@ def test_failed_alerts_are_sent_again_once_the_cause_is_fixed(
     assert "2 of the alerts 1, 2 not queued: not failed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("transport", ["bot", "webhook"])
+def test_a_refused_token_fails_the_pass_with_one_request(
+    repo: Repository, slack_server: SlackServer, transport: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A wrong or revoked token (or webhook) is refused alike in every channel: the first
+    refusal fails the pass's other alerts too, not one request and one log line each."""
+    from alerts.routing import Route
+
+    routes = tuple(Route(frozenset(), frozenset(), c, 0.0) for c in ("#ai-news", "#policy"))
+    store(repo, 3, Router(routes=routes, default_channel=None, transport=transport))
+    if transport == "bot":
+        slack = SlackSettings(None, "xoxb-revoked", slack_server.api_url)
+        why = "the bot token is invalid (REELWATCH_SLACK_BOT_TOKEN) (invalid_auth)"
+        channels = {"#ai-news", "#policy"}  # 3 items in each
+    else:
+        slack = SlackSettings(f"{slack_server.base}/services/T0/B0/revoked", None,
+                              slack_server.api_url)  # fmt: skip
+        slack_server.fail_next(404, b"no_service")
+        why = "the webhook was revoked or deleted (404 no_service)"
+        channels = {"webhook"}  # the one channel a webhook posts to
+    report = dispatch_pending(repo, slack.sender_for, NOW, pacer=Pacer(interval=0))
+    assert (report.sent, report.failed) == (0, 3 * len(channels))
+    assert len(slack_server.attempts) == 1
+    failed = repo.deliveries("failed")
+    assert {d.channel for d in failed} == channels
+    assert all(why in (d.last_error or "") for d in failed), [d.last_error for d in failed]
+    assert caplog.text.count("delivery failed") == 1
+    assert "the other alerts due now fail alike, unsent" in caplog.text
+
+
 def test_an_item_failed_in_two_channels_is_sent_once_to_the_new_one(
     repo: Repository, slack_server: SlackServer
 ) -> None:

@@ -14,7 +14,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from alerts.slack import SlackMessage, render_alert, render_followup, render_summary
+from alerts.slack import (
+    SlackMessage,
+    credential_of,
+    render_alert,
+    render_followup,
+    render_summary,
+)
 from monitor.errors import DeliveryError
 from storage.types import DELIVERY_LEASE, PendingDelivery, StoryInfo
 
@@ -196,8 +202,8 @@ class _Claims:
         self._lost: set[int] = set()
         # channel -> when Slack's Retry-After ends: the pass sends nothing more there
         self.paused: dict[str, datetime] = {}
-        # the token or webhook Slack refused in this pass: it sends nothing more
-        self.refused: DeliveryError | None = None
+        # credential -> Slack's refusal of it in this pass: nothing more is sent with it
+        self.refused: dict[str, DeliveryError] = {}
 
     def keep(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
         # a third: what follows a check (the pace, a send and a coverage update, 30 s
@@ -291,11 +297,12 @@ def _send(
     deliveries = claims.keep(deliveries)
     if not deliveries:  # another worker took them: it sends them
         return DispatchReport()
-    if claims.refused is not None and channel != "console":
-        # Slack refused the token or webhook in this pass: every channel would answer
-        # the same, so the rest fail alike, not one request (and one log line) each
+    refused = claims.refused.get(credential_of(channel))
+    if refused is not None:
+        # Slack refused this token or webhook in this pass: every channel sent with it
+        # would answer the same, so the rest fail alike, not one request (and log) each
         for d in deliveries:
-            repo.mark_delivery_failed(d.id, str(claims.refused))
+            repo.mark_delivery_failed(d.id, str(refused))
         return DispatchReport(failed=len(deliveries))
     until = claims.paused.get(channel)
     if until is not None:  # a 429 in this pass: wait as Slack said, without asking again
@@ -320,7 +327,7 @@ def _send(
                     d.id, str(exc), now + retry_delay(d.attempts, exc.retry_after)
                 )
         if exc.credentials:
-            claims.refused = exc
+            claims.refused[credential_of(channel)] = exc
         if exc.permanent:
             log.error(
                 "delivery failed channel=%s deliveries=%d error=%r: kept; once it is fixed, "

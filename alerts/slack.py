@@ -320,6 +320,12 @@ class ConsoleSender:
         return {"ok": True}
 
 
+def credential_of(channel: str) -> str:
+    """What a delivery to the channel is sent with: the console (nothing), the webhook
+    (its one channel, named "webhook") or the bot token (every other channel)."""
+    return channel if channel in ("console", "webhook") else "bot"
+
+
 @dataclass(frozen=True, slots=True)
 class SlackSettings:
     """Slack's secrets and endpoints, from REELWATCH_* environment variables only."""
@@ -347,9 +353,10 @@ class SlackSettings:
         return "console"
 
     def sender_for(self, channel: str) -> Any:
-        if channel == "console":
+        credential = credential_of(channel)
+        if credential == "console":
             return ConsoleSender()
-        if channel == "webhook":
+        if credential == "webhook":
             if not self.webhook_url:
                 raise DeliveryError("REELWATCH_SLACK_WEBHOOK_URL is not set", channel=channel)
             return SlackWebhookSender(self.webhook_url)

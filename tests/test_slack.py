@@ -80,7 +80,7 @@ def test_pacer_keeps_one_message_per_second_per_channel() -> None:
     assert clock.slept == [0.9, 0.8]  # the second #a waits; #b and the console never do
 
 
-def store(repo: Repository, n: int, router: Router) -> None:
+def store(repo: Repository, n: int, router: Router, first: int = 0) -> None:
     items = tuple(
         Item(
             "thr",
@@ -92,7 +92,7 @@ def store(repo: Repository, n: int, router: Router) -> None:
             NOW,
             "en",
         )
-        for i in range(n)
+        for i in range(first, first + n)
     )
     matches = {i.identity: (m("ai_entertainment"),) for i in items}
     update = FeedUpdate("ok", 200, None, None, None, None, 0, NOW, NOW, NOW, False, 1)
@@ -251,6 +251,25 @@ def test_a_refused_token_fails_the_pass_with_one_request(
     assert all(why in (d.last_error or "") for d in failed), [d.last_error for d in failed]
     assert caplog.text.count("delivery failed") == 1
     assert "the other alerts due now fail alike, unsent" in caplog.text
+
+
+def test_a_refused_token_leaves_the_webhooks_alerts_to_be_sent(
+    repo: Repository, slack_server: SlackServer
+) -> None:
+    """Alerts queued for the webhook before a bot token was set go out with the webhook,
+    the others with the token: one refused fails its own alerts, never the other's."""
+    from alerts.routing import Route
+
+    route = Route(frozenset(), frozenset(), "#ai-news", 0.0)
+    store(repo, 2, Router(routes=(route,), default_channel=None, transport="bot"))
+    store(repo, 2, Router(routes=(route,), default_channel=None, transport="webhook"), first=2)
+    slack = SlackSettings(f"{slack_server.base}/services/T0/B0/X", "xoxb-revoked",
+                          slack_server.api_url)  # fmt: skip
+    report = dispatch_pending(repo, slack.sender_for, NOW, pacer=Pacer(interval=0))
+    assert (report.sent, report.failed) == (2, 2)
+    by_channel = {(d.channel, d.status) for d in repo.deliveries()}
+    assert by_channel == {("webhook", "sent"), ("#ai-news", "failed")}
+    assert len(slack_server.attempts) == 3  # one refusal, two webhook posts
 
 
 def test_an_item_failed_in_two_channels_is_sent_once_to_the_new_one(

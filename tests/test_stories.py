@@ -181,6 +181,9 @@ def test_a_compared_signature_is_the_same_signature() -> None:
     [
         (["Lionsgate", "Runway"], ("Lionsgate", "Runway")),  # as to_json writes them
         (["Runway", "Lionsgate", "Runway"], ("Lionsgate", "Runway")),  # by hand: sorted, once
+        (["Lionsgate", "Lionsgate", "Runway"], ("Lionsgate", "Runway")),  # in order, twice
+        (["Runway"], ("Runway",)),
+        ([2027], ("2027",)),
         (["Runway", 2027], ("2027", "Runway")),  # not a string
         ("Runway", ()),  # not a list
         (None, ()),

@@ -23,10 +23,12 @@ def entry() -> NoReturn:
         # A SIGTERM while the service starts (importing, before any handler of its own)
         # is a clean exit, as it is later: a busy machine takes seconds to import.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    storage = _storage_first(sys.argv[1:])
-    from monitor.cli import main
-
+    storage = None
     try:
+        # within the try: a SIGTERM while the command imports closes storage too
+        storage = _storage_first(sys.argv[1:])
+        from monitor.cli import main
+
         code = main(after_imports=_collect_from_here, storage=storage)
         sys.stdout.flush()  # here, not at exit, where a closed pipe is a warning
     except BrokenPipeError:

@@ -98,7 +98,8 @@ class RemoteRepository:
         self._pool.submit(_log_as, fmt, level)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        # what was asked and not yet begun (a log_as at a stop while starting) is dropped
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> RemoteRepository:
         return self

@@ -326,8 +326,9 @@ def _send(
                 repo.mark_delivery_retry(
                     d.id, str(exc), now + retry_delay(d.attempts, exc.retry_after)
                 )
+        credential = credential_of(channel)
         if exc.credentials:
-            claims.refused[credential_of(channel)] = exc
+            claims.refused[credential] = exc
         if exc.permanent:
             log.error(
                 "delivery failed channel=%s deliveries=%d error=%r: kept; once it is fixed, "
@@ -335,7 +336,10 @@ def _send(
                 channel,
                 len(deliveries),
                 str(exc),
-                " (the other alerts due now fail alike, unsent)" if exc.credentials else "",
+                f" (the other alerts due now fail alike, unsent: those sent with the {credential}"
+                f"{' token' if credential == 'bot' else ''})"
+                if exc.credentials
+                else "",
             )
             return DispatchReport(failed=len(deliveries))
         log.warning(

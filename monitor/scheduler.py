@@ -265,7 +265,9 @@ class Service:
 
     async def watch_config(self) -> None:
         assert self.config_path is not None
-        if self._config_text is None:  # not told what the service started on
+        # not told what the file said at start; a service started on the applied copy was
+        # (None: not there), and a file put back since is not the one it runs on
+        if self._config_text is None and self._refused_at_start is None:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 self._config_text = self.config_path.read_text(encoding="utf-8")
         polling: bool | None = None  # watchfiles' choice: inotify on Linux

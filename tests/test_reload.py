@@ -9,13 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from alerts.routing import make_router
 from alerts.slack import SlackSettings
-from monitor.config import parse_config
+from monitor.config import StartRefusal, parse_config
 from monitor.errors import ConfigError
 from monitor.pipeline import Poller
 from monitor.reload import diff_config
@@ -210,6 +211,39 @@ def test_a_save_made_before_the_watch_began_is_applied_once_it_has(tmp_path: Pat
     async def scenario() -> list[str]:
         poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
         service = Service(config, poller, slack, path, config_text=started_on)
+        watch = asyncio.create_task(service.watch_config())
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if len(service.config.feeds) == 2:
+                    break
+            return [f.name for f in service.config.feeds]
+        finally:
+            service._stop.set()
+            await watch
+            await poller.aclose()
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+
+
+def test_a_file_back_before_the_watch_began_is_applied_on_a_start_without_it(
+    tmp_path: Path,
+) -> None:
+    """Started on the last applied copy because feeds.yaml was not there: a file put back
+    before the watch began is applied once it has (it was taken for the text started on)."""
+    path = tmp_path / "feeds.yaml"
+    applied = feeds_yaml({"a": "http://127.0.0.1:9/a.xml"})
+    path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml", "b": "http://127.0.0.1:9/b.xml"}))
+    config = parse_config(applied)
+    repo = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    repo.create_schema()
+    slack = SlackSettings(webhook_url=None, bot_token=None, api_url="http://127.0.0.1:9/")
+    missing = ConfigError(f"{path}: no such file")
+
+    async def scenario() -> list[str]:
+        poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
+        service = Service(config, poller, slack, path, config_text=None,
+                          refused=StartRefusal(missing, datetime.now(UTC)))  # fmt: skip
         watch = asyncio.create_task(service.watch_config())
         try:
             for _ in range(100):

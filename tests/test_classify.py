@@ -301,3 +301,23 @@ def test_too_deep_through_a_topic_checked_before_names_the_whole_chain() -> None
     with pytest.raises(RuleError) as refused:
         compile_rules(RuleSet(topics=tuple(TopicRule(t, t, ((ALL, q),)) for t, q in topics)))
     assert "(#top -> #r -> #d -> #e -> #f -> #g)" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Künstliche Intelligenz: “KI” im Kino – 5 € …",  # Latin-1 between characters beyond
+        "l’IA à Cannes\nd'autore_x\tSAG-AFTRA",  # apostrophes, dashes, spaces fold to a space
+        "Σίσυφος ΟΔΟΣ and Straße ẞ",  # Greek (Σ lower-cases two ways), ß kept
+        "´ \u1ffd ° µ ÿ Þ \xa0 \xad",  # a character beyond Latin-1 folding into it (´)
+        "".join(map(chr, range(0x20, 0x300))) + "\u2026",  # all of Latin-1 and then some
+    ],
+)
+def test_fold_is_one_character_for_one_whatever_the_text(text: str) -> None:
+    from monitor.classify.text import _CASED, _LOWER, fold
+
+    lower, cased = fold(text)
+    assert cased == text.translate(_CASED)  # character by character, as the table says
+    assert len(lower) == len(cased) == len(text)
+    if lower != text.translate(_LOWER):  # the table's lower case, or the text's own
+        assert lower == cased.lower()

@@ -445,3 +445,41 @@ def test_one_slow_outlets_due_feeds_do_not_hold_up_another_hosts_in_the_service(
     assert len(took) == 9 and store.count_items() == 9 * 20
     assert took["other"] < 1.0, took
     assert max(took.values()) > 5.5  # the outlet was still asked two feeds at a time
+
+
+class _CountingRepository(Repository):
+    """The real repository, counting the batches of polls it is asked to store."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(make_engine(url))
+        self.batches: list[int] = []
+
+    def store_polls(self, polls):  # type: ignore[no-untyped-def]
+        self.batches.append(len(polls))
+        return super().store_polls(polls)
+
+
+def test_polls_ending_together_are_stored_together_and_a_lone_one_alone(
+    feed_server: FeedServer, tmp_path: Path
+) -> None:
+    """A group commit: storage pays per transaction, so the writes of polls under way
+    wait briefly for each other; a poll with none under way beside it is stored alone."""
+    from tests.test_reload import rss
+
+    feeds = {f"f{i}": feed_server.add(f"/f{i}.xml", rss(f"f{i}", f"Story {i}")) for i in range(12)}
+    config = load_config(write_config(tmp_path, feeds))
+    store = _CountingRepository(f"sqlite:///{tmp_path / 'r.db'}")
+    store.create_schema()
+    poller = Poller(config, store, router=None, parse_workers=1)
+
+    async def go() -> None:
+        try:
+            await poller.poll_many(config.feeds)
+            await poller.poll_feed(config.feeds[0])
+        finally:
+            await poller.aclose()
+
+    asyncio.run(go())
+    assert store.count_items() == 12
+    assert sum(store.batches[:-1]) == 12 and len(store.batches) <= 3, store.batches
+    assert store.batches[-1] == 1

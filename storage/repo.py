@@ -629,13 +629,14 @@ class Repository:
             with self.engine.begin() as conn:
                 conn.execute(_MARK_MERGED, [{"did": d, "now": now} for d in delivery_ids])
 
-    def _with_matches(self, s: Session, rows: Sequence[ItemRow]) -> list[StoredItem]:
+    def _with_matches(self, s: Session | Connection, rows: Sequence[Any]) -> list[StoredItem]:
+        """Items (ItemRows, or rows of the items table's columns) with their matches."""
         by_item: dict[int, list[Match]] = {}
         ids = [r.id for r in rows]
         for chunk in _chunks(ids):
-            for m in s.execute(select(MatchRow).where(MatchRow.item_id.in_(chunk))).scalars():
-                by_item.setdefault(m.item_id, []).append(
-                    Match(m.topic, tuple(m.terms), m.score, tuple(map(tuple, m.positions or ())))
+            for item_id, topic, terms, score, positions in s.execute(_MATCHES, {"ids": chunk}):
+                by_item.setdefault(item_id, []).append(
+                    Match(topic, tuple(terms), score, tuple(map(tuple, positions or ())))
                 )
         return [
             StoredItem(r.id, _to_item(r), r.first_seen, tuple(by_item.get(r.id, ()))) for r in rows
@@ -733,19 +734,13 @@ class Repository:
             ids = _claim(conn, table.c.id, due, now + DELIVERY_LEASE, claim)
         if not ids:
             return []
-        with Session(self.engine) as s:
-            rows = list(
-                s.execute(
-                    select(DeliveryRow, ItemRow)
-                    .join(ItemRow, ItemRow.id == DeliveryRow.item_id)
-                    .where(DeliveryRow.id.in_(ids))
-                    .order_by(DeliveryRow.next_attempt, DeliveryRow.id)
-                )
-            )
-            stored = {si.id: si for si in self._with_matches(s, [item for _, item in rows])}
-            return [
-                PendingDelivery(d.id, d.channel, d.attempts, stored[i.id], claim) for d, i in rows
-            ]
+        # rows, not ORM objects: a first poll's dispatch reads thousands
+        with self.engine.connect() as conn:
+            rows = conn.execute(_DUE_DELIVERIES, {"ids": ids}).all()
+            stored = {si.id: si for si in self._with_matches(conn, rows)}
+        return [
+            PendingDelivery(r.delivery_id, r.channel, r.attempts, stored[r.id], claim) for r in rows
+        ]
 
     def hold_deliveries(self, deliveries: Sequence[PendingDelivery], now: datetime) -> set[int]:
         """The deliveries still claimed as they were taken, their claim renewed for another
@@ -1111,6 +1106,23 @@ _STORY_VERSIONS = select(_stories_t.c.id, _stories_t.c["items"], _stories_t.c.la
     _stories_t.c.id.in_(bindparam("ids", expanding=True))
 )
 _STORIES = select(_stories_t).where(_stories_t.c.id.in_(bindparam("ids", expanding=True)))
+_matches_t = MatchRow.__table__
+_MATCHES = select(
+    _matches_t.c.item_id, _matches_t.c.topic, _matches_t.c.terms, _matches_t.c.score,
+    _matches_t.c.positions,
+).where(_matches_t.c.item_id.in_(bindparam("ids", expanding=True)))  # fmt: skip
+_items_t, _deliveries_t = ItemRow.__table__, DeliveryRow.__table__
+_DUE_DELIVERIES = (
+    select(
+        _deliveries_t.c.id.label("delivery_id"),
+        _deliveries_t.c.channel,
+        _deliveries_t.c.attempts,
+        *_items_t.c,
+    )
+    .join(_items_t, _items_t.c.id == _deliveries_t.c.item_id)
+    .where(_deliveries_t.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_deliveries_t.c.next_attempt, _deliveries_t.c.id)
+)
 
 
 def _delivery_update(**values: Any) -> Any:

@@ -39,6 +39,44 @@ def test_canonical_url(url: str | None, canonical: str | None) -> None:
     assert canonical_url(url) == canonical
 
 
+# What the quick path takes (plain links) and what it must leave to urllib, each given
+# back as urllib's own reading gives it
+_LINKS = [
+    "https://variety.com/2026/film/news/x/",
+    "https://variety.com",
+    "https://variety.com?id=7",
+    "https://arstechnica.com/?p=2013795&rw=f00001-29",
+    "https://a.example/x?a=&b=2",
+    "https://a.example/x?a",  # a name without '=': urllib writes it back as a=
+    "https://a.example/x?",
+    "https://a.example/x?a=1&&b=2",
+    "https://a.example/x?q=a+b&r=%20",
+    "https://a.example/x?UTM_Source=rss&id=1",
+    "https://a.example/x?Fbclid=1",
+    "https://a.example/x#top",
+    "https://a.example./x",
+    "https://a.example:443/x",
+    "https://user@a.example/x",
+    "https://A.example/x",
+    "HTTPS://a.example/x",
+    "https://a.example/caf\u00e9",
+    "https://a.example/a\tb\nc",
+    "https://a.example/a\u202eb",
+    'https://a.example/\\x/"quoted"/~tilde/@at/[b]',
+    "https://127.0.0.1/feed",
+    "https://a.example//double",
+    "ftp://a.example/x",
+    "https:/a.example/x",
+]
+
+
+@pytest.mark.parametrize("url", _LINKS)
+def test_canonical_url_quick_path_reads_links_as_urllib_does(url: str) -> None:
+    from monitor.normalize import _canonical_url
+
+    assert canonical_url(url) == _canonical_url(url)
+
+
 @pytest.mark.parametrize(
     "raw, text",
     [

@@ -145,6 +145,7 @@ _WORD = re.compile(r"\w+")
 _NUMBER = re.compile(r"\d[\d.,]*\d|\d")
 # Capitalised names: a capital, then letters; joined by spaces/hyphens (SAG-AFTRA, Warner Bros).
 _NAME = re.compile(r"\b[A-ZÀ-Ý][\w&]*(?:[ \-][A-ZÀ-Ý][\w&]*)*")
+_NAME_WORD = re.compile(r"[^ \-]+")
 _FILLER = frozenset(
     "the and for with from that this have will into over after about their says said what "
     "when more than also its his her new nuovo nuova della delle dello degli sulla nella "
@@ -209,27 +210,47 @@ class _Name:
 
 def _find_names(text: str, recognised: set[str]) -> list[_Name]:
     out = []
+    folded_text = fold(text)[0]  # a character for a character: each word's fold is a slice
     for m in _NAME.finditer(text):
-        kept = []  # (folded, as written, where, the separator after it)
-        for w in re.finditer(r"[^ \-]+", m.group()):
-            folded = fold(w.group())[0]
-            if not kept and folded in _LEADING:  # "Anche AMC Networks", "Avec Sora"
+        written = m.group()
+        if " " in written or "-" in written:
+            kept = []  # (folded, as written, where, the separator after it)
+            for w in _NAME_WORD.finditer(written):
+                at = m.start() + w.start()
+                folded = folded_text[at : at + len(w.group())]
+                if not kept and folded in _LEADING:  # "Anche AMC Networks", "Avec Sora"
+                    continue
+                if folded not in _NOT_NAMES:
+                    sep = written[w.end() : w.end() + 1]  # a hyphen joins one word: KI-Stimme
+                    kept.append((folded, w.group(), at, sep))
+        else:  # one word, most names: the same, without the walk through its words
+            folded = folded_text[m.start() : m.end()]
+            if folded in _LEADING or folded in _NOT_NAMES:
                 continue
-            if folded not in _NOT_NAMES:
-                sep = m.group()[w.end() : w.end() + 1]  # a hyphen joins one word: KI-Stimme
-                kept.append((folded, w.group(), m.start() + w.start(), sep))
+            kept = [(folded, written, m.start(), "")]
         if not kept or len("".join(k[0] for k in kept)) < 2:
             continue
         name = " ".join(k[0] for k in kept)
         start = kept[0][2]
-        # a quoted name opens a sentence only if the quote does: « Teammates » does not
-        before = text[:start].rstrip().rstrip("«\"'‘“#").rstrip()
-        opener = not before or before[-1] in ".!?:"
         spaced = any(k[3] == " " for k in kept[:-1])  # "Darth Vader", not "KI-Stimme"
         strong = spaced or any(_marked(k[1]) for k in kept) or name in recognised
-        opener = opener and len(kept) == 1 and not strong
+        # a quoted name opens a sentence only if the quote does: « Teammates » does not
+        opener = len(kept) == 1 and not strong and _opens_sentence(text, start)
         out.append(_Name(name, start, m.end(), opener, strong))
     return out
+
+
+def _opens_sentence(text: str, start: int) -> bool:
+    """Whether text[start:] opens a sentence: nothing before it but spaces and quotes,
+    or a sentence's end. Read from a window before it, widened only if that is all
+    spaces and quotes."""
+    window = 32
+    while True:
+        low = max(0, start - window)
+        before = text[low:start].rstrip().rstrip("«\"'‘“#").rstrip()
+        if before or low == 0:
+            return not before or before[-1] in ".!?:"
+        window *= 4
 
 
 def _names(

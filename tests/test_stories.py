@@ -573,3 +573,24 @@ def test_best_story_picks_what_reading_every_candidate_would() -> None:
             assert best_story(new, iter(candidates), rules) == expected, rows[n]["id"]
             found.add(None if expected is None else expected[2])
     assert found == {None, False, True}  # new stories, near reports and exact copies
+
+
+@pytest.mark.parametrize(
+    "text, opener",
+    [
+        ("Runway signs a deal", True),  # the text's first word
+        ("It rained. Runway signs", True),  # after a sentence's end
+        ("Yesterday, Runway signed", False),  # mid-sentence
+        ("He said: « Runway » signed", True),  # a quote after a colon opens a sentence
+        ("he said « Runway »", False),  # a quote mid-sentence does not
+        ("Done. " + "«" * 40 + " Runway", True),  # quotes past the first window looked at
+        ("done " + "«" * 40 + " Runway", False),
+    ],
+)
+def test_a_single_plain_word_opens_a_sentence_only_after_an_end_or_nothing(
+    text: str, opener: bool
+) -> None:
+    from monitor.stories import _find_names
+
+    (found,) = [n for n in _find_names(text, set()) if n.name == "runway"]
+    assert found.opener is opener

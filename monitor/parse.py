@@ -316,9 +316,15 @@ def cp1252_as_string(table: dict[int, str]) -> str:
     return "".join(chars)
 
 
+# An entry's fields read as a dict's: FeedParserDict.get walks its aliases in Python for
+# every key, and none of the keys read here is an alias (an absent "updated" falls back to
+# "published" there, which is read first here anyway)
+_get = dict.get
+
+
 def _published(entry: Any) -> datetime | None:
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
-        parsed = entry.get(key)
+        parsed = _get(entry, key)
         if parsed:
             try:
                 # feedparser's struct_time is already UTC
@@ -329,19 +335,19 @@ def _published(entry: Any) -> datetime | None:
 
 
 def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | None:
-    guid = clean_identifier(entry.get("id"), 2000) or None
+    guid = clean_identifier(_get(entry, "id"), 2000) or None
     if guid and guid in job.known:
         return None  # stored already: cleaning, classifying it again would change nothing
-    link = (entry.get("link") or "").strip()
+    link = (_get(entry, "link") or "").strip()
     if link and not link.startswith(("http://", "https://")):
         link = urljoin(base, link)  # relative to the document (costly: most links are not)
     url = canonical_url(link) if link else None
-    title = clean_text(entry.get("title"), TITLE_MAX)
-    summary_html = entry.get("summary") or ""
-    if not summary_html and entry.get("content"):
+    title = clean_text(_get(entry, "title"), TITLE_MAX)
+    summary_html = _get(entry, "summary") or ""
+    if not summary_html and _get(entry, "content"):
         summary_html = entry["content"][0].get("value", "")
     summary = clean_text(summary_html, SUMMARY_MAX)
-    raw_date = entry.get("published") or entry.get("updated") or ""
+    raw_date = _get(entry, "published") or _get(entry, "updated") or ""
     if guid:
         identity = guid
     elif url:
@@ -356,7 +362,9 @@ def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | 
         identity = "sha1:" + hashlib.sha1(identity.encode()).hexdigest()
     categories = tuple(
         dict.fromkeys(
-            t for t in (clean_text(tag.get("term"), 100) for tag in entry.get("tags", [])[:30]) if t
+            t
+            for t in (clean_text(tag.get("term"), 100) for tag in (_get(entry, "tags") or [])[:30])
+            if t
         )
     )
     # Several real feeds declare the wrong language (Italian sites saying "en"): a
@@ -371,6 +379,6 @@ def _item(job: ParseJob, entry: Any, base: str, language: str | None) -> Item | 
         summary=summary,
         published=plausible_published(_published(entry), job.now),
         language=language,
-        author=clean_text(entry.get("author"), 200) or None,
+        author=clean_text(_get(entry, "author"), 200) or None,
         categories=categories,
     )

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -395,7 +396,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def _poll(args: argparse.Namespace, repo: Any) -> int:
-    from alerts.outbox import dispatch_all
+    from alerts.outbox import DispatchReport, Pacer, dispatch_all
     from alerts.slack import SlackSettings
     from monitor.metrics import CYCLE_EVENT, PollCycle, log_fields
     from monitor.pipeline import Poller, utcnow
@@ -424,8 +425,17 @@ def _poll(args: argparse.Namespace, repo: Any) -> int:
             feeds = [f for f in feeds if f not in gone]
             poller = Poller(config, repo, router=_router(config, slack))
             poller.observers.append(cycle.record)
-            summary = asyncio.run(_poll_with_progress(poller, feeds, states))
-            sent = dispatch_all(repo, slack.sender_for, utcnow(), burst=config.slack.burst)
+            pacer = Pacer()  # one for the whole poll: a channel's pace carries across passes
+
+            def send(now: datetime) -> DispatchReport:
+                return dispatch_all(
+                    repo, slack.sender_for, now, burst=config.slack.burst, pacer=pacer
+                )
+
+            summary, early = asyncio.run(_poll_with_progress(poller, feeds, states, send))
+            last = send(utcnow())
+            # what waited in an early pass (a story's later report) was dealt with since
+            sent = replace(early + last, waiting=last.waiting)
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
         return EXIT_FAILURE
@@ -447,15 +457,45 @@ def _poll(args: argparse.Namespace, repo: Any) -> int:
     return EXIT_FAILURE if feeds and failed == len(feeds) else EXIT_OK
 
 
-async def _poll_with_progress(poller: Any, feeds: list[Any], states: Any) -> Any:
+# `reelwatch poll` sends what is due every so often while it polls, as `run` does: a
+# first poll of many feeds alerts on the first ones read, not after the last
+SEND_EVERY = 10.0  # seconds
+
+
+async def _poll_with_progress(
+    poller: Any, feeds: list[Any], states: Any, send: Callable[[datetime], Any]
+) -> tuple[Any, Any]:
+    """The poll's summary, and what `send` (a dispatch pass, in a thread of its own: a
+    slow Slack must not hold up storing) sent meanwhile."""
     from tqdm import tqdm
 
+    from alerts.outbox import DispatchReport
+    from monitor.pipeline import utcnow
+
+    sent = DispatchReport()
+    polled = asyncio.Event()
+
+    async def send_as_it_goes() -> None:
+        nonlocal sent
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(polled.wait(), SEND_EVERY)
+            if polled.is_set():
+                return  # the rest is sent once the poll is over
+            sent += await asyncio.to_thread(send, utcnow())
+
+    sender = asyncio.create_task(send_as_it_goes())
     bar = tqdm(total=len(feeds), unit="feed", disable=not sys.stdout.isatty(), leave=False)
     try:
-        return await poller.poll_many(feeds, on_done=lambda _r: bar.update(), states=states)
+        summary = await poller.poll_many(feeds, on_done=lambda _r: bar.update(), states=states)
     finally:
+        polled.set()
         bar.close()
-        await poller.aclose()
+        try:
+            await sender  # a pass under way ends first: what it claimed, it sends
+        finally:
+            await poller.aclose()
+    return summary, sent
 
 
 def _router(config: Config, slack: Any) -> Any:

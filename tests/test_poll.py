@@ -483,3 +483,40 @@ def test_polls_ending_together_are_stored_together_and_a_lone_one_alone(
     assert store.count_items() == 12
     assert sum(store.batches[:-1]) == 12 and len(store.batches) <= 3, store.batches
     assert store.batches[-1] == 1
+
+
+def test_a_poll_alerts_on_the_feeds_read_first_while_it_polls_the_others(
+    feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A first poll of many feeds sends as it goes (every SEND_EVERY), as `run` does: the
+    alerts of a feed read early do not wait for the slowest feed, and none is sent twice."""
+    import monitor.cli
+
+    _bot(monkeypatch, slack_server)
+    monkeypatch.setattr(monitor.cli, "SEND_EVERY", 0.3)
+    body = fixture(THR)
+    alerted_before_answer: list[bool] = []
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:  # answers once alerts came, or at 8 s
+        deadline = time.monotonic() + 8
+        while not slack_server.calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alerted_before_answer.append(bool(slack_server.calls))
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    config = write_config(
+        tmp_path,
+        {"ars": feed_server.add("/ars.xml", fixture(ARS)),
+         "slow": feed_server.add("/slow.xml", handler=slow)},
+        extra='slack:\n  default_channel: "#ai-news"\n', timeout="20s",
+    )  # fmt: skip
+    assert poll(config) == 0
+    assert alerted_before_answer == [True]
+    relevant = [s for s in repo().list_items(limit=None) if s.matches]
+    titles = [c.payload["text"] for c in slack_server.calls]
+    assert len(titles) == len(set(titles)) == len(relevant) >= 4
+    assert repo().delivery_counts() == {"sent": len(relevant)}

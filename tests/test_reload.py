@@ -197,9 +197,14 @@ def test_a_good_edit_the_database_kept_from_being_applied_is_applied_later(
     assert {"feed:a", "feed:b"} <= after
 
 
-def test_a_save_made_before_the_watch_began_is_applied_once_it_has(tmp_path: Path) -> None:
+@pytest.mark.parametrize("file_at_start", ["read", "missing"])
+def test_a_save_made_before_the_watch_began_is_applied_once_it_has(
+    tmp_path: Path, file_at_start: str
+) -> None:
     """feeds.yaml saved while the service starts (after it read the file, before its watch
-    could see a save) is applied once the watch is set up, not at the next edit."""
+    could see a save) is applied once the watch is set up, not at the next edit. So is a
+    file put back then when the service started on the last applied copy because the
+    file was not there (the watch took it for the text started on)."""
     path = tmp_path / "feeds.yaml"
     started_on = feeds_yaml({"a": "http://127.0.0.1:9/a.xml"})
     path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml", "b": "http://127.0.0.1:9/b.xml"}))
@@ -207,43 +212,15 @@ def test_a_save_made_before_the_watch_began_is_applied_once_it_has(tmp_path: Pat
     repo = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
     repo.create_schema()
     slack = SlackSettings(webhook_url=None, bot_token=None, api_url="http://127.0.0.1:9/")
+    if file_at_start == "read":
+        start = {"config_text": started_on}
+    else:
+        missing = ConfigError(f"{path}: no such file")
+        start = {"config_text": None, "refused": StartRefusal(missing, datetime.now(UTC))}
 
     async def scenario() -> list[str]:
         poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
-        service = Service(config, poller, slack, path, config_text=started_on)
-        watch = asyncio.create_task(service.watch_config())
-        try:
-            for _ in range(100):
-                await asyncio.sleep(0.1)
-                if len(service.config.feeds) == 2:
-                    break
-            return [f.name for f in service.config.feeds]
-        finally:
-            service._stop.set()
-            await watch
-            await poller.aclose()
-
-    assert asyncio.run(scenario()) == ["a", "b"]
-
-
-def test_a_file_back_before_the_watch_began_is_applied_on_a_start_without_it(
-    tmp_path: Path,
-) -> None:
-    """Started on the last applied copy because feeds.yaml was not there: a file put back
-    before the watch began is applied once it has (it was taken for the text started on)."""
-    path = tmp_path / "feeds.yaml"
-    applied = feeds_yaml({"a": "http://127.0.0.1:9/a.xml"})
-    path.write_text(feeds_yaml({"a": "http://127.0.0.1:9/a.xml", "b": "http://127.0.0.1:9/b.xml"}))
-    config = parse_config(applied)
-    repo = Repository(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
-    repo.create_schema()
-    slack = SlackSettings(webhook_url=None, bot_token=None, api_url="http://127.0.0.1:9/")
-    missing = ConfigError(f"{path}: no such file")
-
-    async def scenario() -> list[str]:
-        poller = Poller(config, repo, router=make_router(config.slack, slack.transport))
-        service = Service(config, poller, slack, path, config_text=None,
-                          refused=StartRefusal(missing, datetime.now(UTC)))  # fmt: skip
+        service = Service(config, poller, slack, path, **start)
         watch = asyncio.create_task(service.watch_config())
         try:
             for _ in range(100):

@@ -161,6 +161,7 @@ def dispatch_all(
     batch: int = 200,
     burst: int = 10,
     pacer: Pacer | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> DispatchReport:
     """Everything due, `batch` deliveries at a time, as `reelwatch poll` sends before it
     exits: a first poll of many feeds finds thousands (left for the next poll, they would
@@ -172,9 +173,10 @@ def dispatch_all(
     def drain(at: datetime) -> DispatchReport:
         report = DispatchReport()
         while True:
-            done = dispatch_pending(repo, sender_for, at, limit=batch, burst=burst, pacer=pacer)
+            done = dispatch_pending(repo, sender_for, at, limit=batch, burst=burst, pacer=pacer,
+                                    stopping=stopping)  # fmt: skip
             report += done
-            if done.total < batch:  # a short batch was the last
+            if done.total < batch or stopping():  # a short batch was the last
                 return report
 
     first = drain(now)

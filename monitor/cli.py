@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -427,15 +426,16 @@ def _poll(args: argparse.Namespace, repo: Any) -> int:
             poller.observers.append(cycle.record)
             pacer = Pacer()  # one for the whole poll: a channel's pace carries across passes
 
-            def send(now: datetime) -> DispatchReport:
-                return dispatch_all(
-                    repo, slack.sender_for, now, burst=config.slack.burst, pacer=pacer
-                )
+            def send(now: datetime, stopping: Callable[[], bool]) -> DispatchReport:
+                return dispatch_all(repo, slack.sender_for, now, burst=config.slack.burst,
+                                    pacer=pacer, stopping=stopping)  # fmt: skip
 
             summary, early = asyncio.run(_poll_with_progress(poller, feeds, states, send))
-            last = send(utcnow())
-            # what waited in an early pass (a story's later report) was dealt with since
-            sent = replace(early + last, waiting=last.waiting)
+            last = send(utcnow(), lambda: False)
+            # sent and failed happen once to a delivery; what is left to retry or waits is
+            # what is pending now (an early pass's retry may have been sent since)
+            pending = repo.delivery_counts().get("pending", 0)
+            sent = DispatchReport(early.sent + last.sent, pending, early.failed + last.failed)
     except DatabaseLockedError as exc:
         print(f"reelwatch poll: {exc} (it polls on its own)", file=sys.stderr)
         return EXIT_FAILURE
@@ -463,10 +463,14 @@ SEND_EVERY = 10.0  # seconds
 
 
 async def _poll_with_progress(
-    poller: Any, feeds: list[Any], states: Any, send: Callable[[datetime], Any]
+    poller: Any, feeds: list[Any], states: Any, send: Callable[[datetime, Any], Any]
 ) -> tuple[Any, Any]:
     """The poll's summary, and what `send` (a dispatch pass, in a thread of its own: a
-    slow Slack must not hold up storing) sent meanwhile."""
+    slow Slack must not hold up storing) sent meanwhile. A pass under way when the poll
+    is interrupted stops after the message it is sending (what it claimed waits for its
+    claim to run out); at a poll's end it finishes."""
+    import threading
+
     from tqdm import tqdm
 
     from alerts.outbox import DispatchReport
@@ -474,6 +478,7 @@ async def _poll_with_progress(
 
     sent = DispatchReport()
     polled = asyncio.Event()
+    stop = threading.Event()
 
     async def send_as_it_goes() -> None:
         nonlocal sent
@@ -482,12 +487,19 @@ async def _poll_with_progress(
                 await asyncio.wait_for(polled.wait(), SEND_EVERY)
             if polled.is_set():
                 return  # the rest is sent once the poll is over
-            sent += await asyncio.to_thread(send, utcnow())
+            try:
+                sent += await asyncio.to_thread(send, utcnow(), stop.is_set)
+            except Exception as exc:  # the poll goes on; the last pass tries again
+                log.error("sending alerts during the poll failed error=%r", str(exc))
+                return
 
     sender = asyncio.create_task(send_as_it_goes())
     bar = tqdm(total=len(feeds), unit="feed", disable=not sys.stdout.isatty(), leave=False)
     try:
         summary = await poller.poll_many(feeds, on_done=lambda _r: bar.update(), states=states)
+    except BaseException:  # interrupted (Ctrl-C): a pass under way stops after its message
+        stop.set()
+        raise
     finally:
         polled.set()
         bar.close()

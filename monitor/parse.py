@@ -261,11 +261,51 @@ def _feedparser() -> Any:
         and all(0x80 <= k <= 0x9F and isinstance(v, str) and len(v) == 1 for k, v in table.items())
     ):
         feedparser.mixin._cp1252 = cp1252_as_string(table)
+        _translate_only_c1_text(feedparser.mixin)
     for name in ("StrictFeedParser", "LooseFeedParser"):
         parser = getattr(feedparser.api, name, None)
         if isinstance(parser, type) and _plain_content_params_fit(parser):
             setattr(feedparser.api, name, _with_plain_content_params(parser))
     return feedparser
+
+
+_TRANSLATE = "output = output.translate(_cp1252)"
+_C1_SEARCH = "_reelwatch_c1_search"
+
+
+def _translate_only_c1_text(mixin: Any) -> None:
+    """feedparser's pop translates every text it keeps (see _feedparser); but the table
+    maps only C1 characters (U+0080-U+009F), which nearly no text holds, and any text
+    that is not ASCII takes the slow, per-character path: 4% of a parse. pop is
+    compiled again from its own source with that one line made to skip the texts
+    holding no C1 character (a regex scan: the same output, found in C). Left as it
+    is if its source is not what this reads it as."""
+    import inspect
+    import textwrap
+
+    cls = getattr(mixin, "_FeedParserMixin", None)
+    pop = getattr(cls, "pop", None)
+    if pop is None or getattr(pop, "_translates_c1_only", False):
+        return
+    try:
+        source = textwrap.dedent(inspect.getsource(pop))
+    except (OSError, TypeError):
+        return
+    if source.count(_TRANSLATE) != 1 or "super(" in source or _C1_SEARCH in source:
+        return
+    source = source.replace(
+        _TRANSLATE,
+        f"output = output if output.isascii() or not {_C1_SEARCH}(output) "
+        "else output.translate(_cp1252)",
+    )
+    namespace = vars(mixin)
+    namespace[_C1_SEARCH] = re.compile("[\x80-\x9f]").search
+    compiled: dict[str, Any] = {}
+    exec(compile(source, inspect.getsourcefile(pop) or "<feedparser pop>", "exec"),
+         namespace, compiled)  # fmt: skip
+    new = compiled["pop"]
+    new.__qualname__, new._translates_c1_only = pop.__qualname__, True
+    cls.pop = new
 
 
 class _ContentParams(dict):

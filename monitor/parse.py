@@ -237,8 +237,9 @@ def parse_document(job: ParseJob) -> ParsedFeed:
 
 @functools.cache
 def _feedparser() -> Any:
-    """feedparser, imported here, not at the top: only parse workers need it; with two
-    of its hot spots made cheaper, the entries it returns unchanged.
+    """feedparser, imported here, not at the top: only parse workers need it; with three
+    of its hot spots made cheaper (the third: _translate_only_c1_text), the entries it
+    returns unchanged.
 
     feedparser maps windows-1252's C1 characters (0x80-0x9f) back to what they mean in
     the text of every element, with str.translate and a dict: for any text that is not
@@ -276,7 +277,7 @@ _C1_SEARCH = "_reelwatch_c1_search"
 def _translate_only_c1_text(mixin: Any) -> None:
     """feedparser's pop translates every text it keeps (see _feedparser); but the table
     maps only C1 characters (U+0080-U+009F), which nearly no text holds, and any text
-    that is not ASCII takes the slow, per-character path: 4% of a parse. pop is
+    that is not ASCII takes the slow, per-character path: a tenth of a parse. pop is
     compiled again from its own source with that one line made to skip the texts
     holding no C1 character (a regex scan: the same output, found in C). Left as it
     is if its source is not what this reads it as."""
@@ -288,9 +289,11 @@ def _translate_only_c1_text(mixin: Any) -> None:
     if pop is None or getattr(pop, "_translates_c1_only", False):
         return
     try:
-        source = textwrap.dedent(inspect.getsource(pop))
+        lines, first = inspect.getsourcelines(pop)
     except (OSError, TypeError):
         return
+    # blank lines before it: a traceback names pop's lines of feedparser's file
+    source = "\n" * (first - 1) + textwrap.dedent("".join(lines))
     if source.count(_TRANSLATE) != 1 or "super(" in source or _C1_SEARCH in source:
         return
     source = source.replace(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
+import operator
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -58,15 +58,19 @@ class Signature:
     numbers: Words = frozenset()  # figures (20,000 titles; €600,000): any language
     # maybe names, never a lead: German nouns, a sentence's unconfirmed first word
     weak: Words = frozenset()
-    # its names arranged for comparing, made on its first comparison (a story's members
-    # are compared with every new item); not stored (to_json), and pickled only fresh
-    # (workers send signatures before any comparison)
+    # its names arranged for comparing, made on its first comparison and kept by a new
+    # item's signature (compared with every candidate); a story's kept signatures make
+    # them again each time (kept, they took a third of the story cache's memory); not
+    # stored (to_json), and pickled only fresh (workers send them before any comparison)
     _names: _Names | None = field(default=None, init=False, repr=False, compare=False)
 
     def names(self) -> _Names:
         if self._names is None:
-            object.__setattr__(self, "_names", _Names(self.entities, self.weak))
-        return self._names  # type: ignore[return-value]
+            names = _Names(self.entities, self.weak)
+            if isinstance(self.words, frozenset):  # a new item's, not kept()
+                object.__setattr__(self, "_names", names)
+            return names
+        return self._names
 
     def to_json(self) -> dict[str, object]:
         return {"url": self.url, "title_key": self.title_key, "words": sorted(self.words),
@@ -91,7 +95,6 @@ class Signature:
             topics=_kept(self.topics), title_entities=_kept(self.title_entities),
             numbers=_kept(self.numbers), weak=_kept(self.weak),
         )  # fmt: skip
-        object.__setattr__(kept, "_names", self._names)  # the same names, made once
         return kept
 
     @classmethod
@@ -101,13 +104,12 @@ class Signature:
             if not isinstance(value, list):
                 return ()
             # as to_json writes them (sorted sets of strings, so each greater than the
-            # last): kept as they are, a tenth of the time of sorting them again (a story
-            # read back is ten signatures)
+            # last): kept as they are, checked in C (a story read back is ten signatures,
+            # and storage reads back thousands of stories in a cold poll of many feeds)
             with contextlib.suppress(TypeError):  # a value that is no string
-                if all(a < b for a, b in itertools.pairwise(value)) and (
-                    not value or isinstance(value[0], str)
-                ):
-                    return tuple(map(sys.intern, value))
+                kept = tuple(map(sys.intern, value))
+                if all(map(operator.lt, kept, kept[1:])):
+                    return kept
             return _kept(str(v) for v in value)  # kept: see Signature.kept
 
         url = data.get("url")
@@ -357,9 +359,9 @@ def _jaccard(a: Words, b: Words) -> float:
 
 class _Names:
     """A signature's names as comparisons read them: found through their words. Kept
-    small (it lives as long as its signature in the story cache): the names and words
-    are the signature's own strings, a word of one name maps to that name itself, and
-    the weak names are the signature's own."""
+    small and quick to make (a story's kept signatures make theirs on each comparison):
+    the names and words are the signature's own strings, a word of one name maps to that
+    name itself, and the weak names are the signature's own."""
 
     __slots__ = ("by_word", "weak", "weak_words")
 

@@ -472,6 +472,8 @@ async def _poll_with_progress(
     import threading
 
     from tqdm import tqdm
+    from tqdm.contrib import DummyTqdmFile
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from alerts.outbox import DispatchReport
     from monitor.pipeline import utcnow
@@ -494,19 +496,26 @@ async def _poll_with_progress(
                 return
 
     sender = asyncio.create_task(send_as_it_goes())
-    bar = tqdm(total=len(feeds), unit="feed", disable=not sys.stdout.isatty(), leave=False)
-    try:
-        summary = await poller.poll_many(feeds, on_done=lambda _r: bar.update(), states=states)
-    except BaseException:  # interrupted (Ctrl-C): a pass under way stops after its message
-        stop.set()
-        raise
-    finally:
-        polled.set()
-        bar.close()
+    tty = sys.stdout.isatty()
+    # on stdout, as the alerts printed without Slack: tqdm clears the bar for a line
+    # written to its own stream (and to stderr)
+    bar = tqdm(total=len(feeds), unit="feed", disable=not tty, leave=False, file=sys.stdout)
+    with contextlib.ExitStack() as terminal:
+        if tty:  # log lines and printed alerts (no Slack) go above the bar, not into it
+            terminal.enter_context(logging_redirect_tqdm())
+            terminal.enter_context(contextlib.redirect_stdout(DummyTqdmFile(sys.stdout)))
         try:
-            await sender  # a pass under way ends first: what it claimed, it sends
+            summary = await poller.poll_many(feeds, on_done=lambda _r: bar.update(), states=states)
+        except BaseException:  # interrupted (Ctrl-C): a pass under way stops after its message
+            stop.set()
+            raise
         finally:
-            await poller.aclose()
+            polled.set()
+            bar.close()
+            try:
+                await sender  # a pass under way ends first: what it claimed, it sends
+            finally:
+                await poller.aclose()
     return summary, sent
 
 

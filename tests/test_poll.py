@@ -520,3 +520,75 @@ def test_a_poll_alerts_on_the_feeds_read_first_while_it_polls_the_others(
     titles = [c.payload["text"] for c in slack_server.calls]
     assert len(titles) == len(set(titles)) == len(relevant) >= 4
     assert repo().delivery_counts() == {"sent": len(relevant)}
+
+
+def _screen(raw: str) -> list[str]:
+    """The lines a terminal shows for `raw`: a carriage return goes back to the line's
+    start and what follows overwrites what was there."""
+    lines = []
+    for written in raw.replace("\r\n", "\n").split("\n"):
+        line = ""
+        for part in written.split("\r"):
+            line = part + line[len(part) :]
+        lines.append(line.rstrip())
+    return lines
+
+
+def test_on_a_terminal_alerts_and_log_lines_print_above_the_progress_bar(
+    feed_server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal, `reelwatch poll` draws a progress bar. The alerts it prints while
+    polling (no Slack set up) and its log lines (a dead feed) each get a line of their
+    own above the bar; written where the bar stood, they were glued to its end."""
+    import fcntl
+    import os
+    import struct
+    import sys
+    import termios
+    import threading
+
+    import monitor.cli
+
+    monkeypatch.setattr(monitor.cli, "SEND_EVERY", 0.3)
+    body = fixture(THR)
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:  # the poll is under way meanwhile
+        time.sleep(2.0)
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    config = write_config(
+        tmp_path,
+        {"ars": feed_server.add("/ars.xml", fixture(ARS)),
+         "slow": feed_server.add("/slow.xml", handler=slow),
+         "dead": feed_server.add("/dead.xml", status=404)},
+    )  # fmt: skip
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # the terminal closed
+            while data := os.read(master, 65536):
+                chunks.append(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with open(slave, "w", encoding="utf-8") as terminal:
+        monkeypatch.setattr(sys, "stdout", terminal)
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert poll(config) == 0
+        terminal.flush()
+        monkeypatch.undo()
+    reader.join(timeout=10)
+    os.close(master)
+    raw = b"".join(chunks).decode("utf-8", "replace")
+    assert "%|" in raw  # a bar was drawn (and wiped at the end)
+    screen = _screen(raw)
+    alerts = [line for line in screen if "ALERT" in line]
+    dead = [line for line in screen if "feed failed feed=dead" in line]
+    assert alerts and dead, screen
+    for line in alerts + dead:
+        assert line.startswith(("ALERT ", "20")) and "%|" not in line, line

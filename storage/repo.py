@@ -158,12 +158,6 @@ def _digest_takeable(now: datetime) -> Any:
     return due_retry | cut_off
 
 
-def _to_state(row: FeedRow) -> FeedState:
-    return FeedState(
-        **{f: getattr(row, f) for f in FeedState.__dataclass_fields__ if hasattr(row, f)}
-    )
-
-
 class Repository:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -202,9 +196,9 @@ class Repository:
             return {row.name: FeedState(**row._mapping) for row in conn.execute(_FEED_STATES)}
 
     def feed_state(self, name: str) -> FeedState | None:
-        with Session(self.engine) as s:
-            row = s.get(FeedRow, name)
-            return _to_state(row) if row else None
+        with self.engine.connect() as conn:
+            row = conn.execute(_FEED_STATES.where(FeedRow.__table__.c.name == name)).first()
+            return FeedState(**row._mapping) if row else None
 
     def recent_identities(self, feed: str, limit: int = 1_000) -> frozenset[str]:
         """The identities of the feed's newest stored items: the parse workers skip these

@@ -576,11 +576,16 @@ def test_on_a_terminal_alerts_and_log_lines_print_above_the_progress_bar(
 
     reader = threading.Thread(target=read)
     reader.start()
-    with open(slave, "w", encoding="utf-8") as terminal:
+    # stdout and stderr two streams on one terminal, as a shell gives them
+    with (
+        open(slave, "w", encoding="utf-8") as terminal,
+        open(os.dup(slave), "w", encoding="utf-8") as errors,
+    ):
         monkeypatch.setattr(sys, "stdout", terminal)
-        monkeypatch.setattr(sys, "stderr", terminal)
+        monkeypatch.setattr(sys, "stderr", errors)
         assert poll(config) == 0
         terminal.flush()
+        errors.flush()
         monkeypatch.undo()
     reader.join(timeout=10)
     os.close(master)

@@ -163,8 +163,9 @@ def test_which_reports_are_one_story(a: Item, b: Item, joins: bool) -> None:
 
 
 def test_a_compared_signature_is_the_same_signature() -> None:
-    """Comparing arranges a signature's names once, for later comparisons; that changes
-    neither what it equals, nor what is stored of it, nor what a worker sends."""
+    """Comparing arranges a new item's signature's names once, for its later
+    comparisons (a kept one arranges them each time); that changes neither what it
+    equals, nor what is stored of it, nor what a worker sends."""
     new = signature(item(LIONSGATE_IT, "thr-roma", lang="it"), DEAL, "ai_entertainment")
     member = signature(item(LIONSGATE_EN), DEAL, "ai_entertainment")
     fresh = Signature.from_json(member.to_json())

@@ -485,6 +485,13 @@ def test_polls_ending_together_are_stored_together_and_a_lone_one_alone(
     assert store.batches[-1] == 1
 
 
+def _answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def test_a_poll_alerts_on_the_feeds_read_first_while_it_polls_the_others(
     feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -503,10 +510,7 @@ def test_a_poll_alerts_on_the_feeds_read_first_while_it_polls_the_others(
         while not slack_server.calls and time.monotonic() < deadline:
             time.sleep(0.05)
         alerted_before_answer.append(bool(slack_server.calls))
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _answer(handler, body)
 
     config = write_config(
         tmp_path,
@@ -554,10 +558,7 @@ def test_on_a_terminal_alerts_and_log_lines_print_above_the_progress_bar(
 
     def slow(handler: BaseHTTPRequestHandler) -> None:  # the poll is under way meanwhile
         time.sleep(2.0)
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _answer(handler, body)
 
     config = write_config(
         tmp_path,

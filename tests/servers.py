@@ -330,6 +330,25 @@ def slow_headers(every: float) -> Handler:
     return send
 
 
+def answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """A plain 200 with `body`, a feed."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/rss+xml")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def late(body: bytes, seconds: float) -> Handler:
+    """`body`, answered `seconds` after the request."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(seconds)
+        answer(handler, body)
+
+    return send
+
+
 def silent(seconds: float = 30.0) -> Handler:
     """Reads the request and answers nothing for `seconds`, then hangs up."""
 

@@ -130,8 +130,8 @@ Lionsgate&lt;/p&gt;</description><content:encoded><![CDATA[<p>Full <b>text</b></
 def test_feedparser_made_faster_reads_every_document_as_feedparser_does() -> None:
     """The parsers as parsing uses them (a plain dict for the content parameters, the
     windows-1252 table as a string, applied only to text holding a C1 character) return
-    the entries feedparser's own return, compared
-    with feedparser in a fresh interpreter, on the real feeds and each kind of content."""
+    the entries feedparser's own return, compared with feedparser in a fresh
+    interpreter, on the real feeds and each kind of content."""
     import pickle
 
     from monitor.parse import _feedparser

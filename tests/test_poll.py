@@ -18,7 +18,7 @@ from monitor.config import Config, FeedConfig, load_config
 from monitor.pipeline import Poller, _hosts_interleaved
 from storage import Repository, make_engine
 from tests.conftest import fixture, write_config
-from tests.servers import FeedServer, FeedServerAt, SlackServer
+from tests.servers import FeedServer, FeedServerAt, SlackServer, answer, late
 
 THR = "thr_rescraped_rss2.xml"  # 9 items
 ARS = "arstechnica_2024-04-01_rss2.xml"  # 20 items, 5 mention AI (Sora and friends)
@@ -372,14 +372,7 @@ def slow_outlet_and_another_host(
     """`outlets` feeds of one slow outlet (1.5 s an answer), then a feed of another host
     (listed last), and a poller for them."""
     body = fixture(ARS)
-
-    def slow(handler: BaseHTTPRequestHandler) -> None:
-        time.sleep(1.5)
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
+    slow = late(body, 1.5)
     feeds = {f"outlet{i}": feed_server.add(f"/section{i}", handler=slow) for i in range(outlets)}
     other = FeedServerAt("127.0.0.2")
     try:
@@ -485,13 +478,6 @@ def test_polls_ending_together_are_stored_together_and_a_lone_one_alone(
     assert store.batches[-1] == 1
 
 
-def _answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 def test_a_poll_alerts_on_the_feeds_read_first_while_it_polls_the_others(
     feed_server: FeedServer, slack_server: SlackServer, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -510,7 +496,7 @@ def test_a_poll_alerts_on_the_feeds_read_first_while_it_polls_the_others(
         while not slack_server.calls and time.monotonic() < deadline:
             time.sleep(0.05)
         alerted_before_answer.append(bool(slack_server.calls))
-        _answer(handler, body)
+        answer(handler, body)
 
     config = write_config(
         tmp_path,
@@ -554,16 +540,10 @@ def test_on_a_terminal_alerts_and_log_lines_print_above_the_progress_bar(
     import monitor.cli
 
     monkeypatch.setattr(monitor.cli, "SEND_EVERY", 0.3)
-    body = fixture(THR)
-
-    def slow(handler: BaseHTTPRequestHandler) -> None:  # the poll is under way meanwhile
-        time.sleep(2.0)
-        _answer(handler, body)
-
     config = write_config(
         tmp_path,
-        {"ars": feed_server.add("/ars.xml", fixture(ARS)),
-         "slow": feed_server.add("/slow.xml", handler=slow),
+        {"ars": feed_server.add("/ars.xml", fixture(ARS)),  # the poll under way meanwhile:
+         "slow": feed_server.add("/slow.xml", handler=late(fixture(THR), 2.0)),
          "dead": feed_server.add("/dead.xml", status=404)},
     )  # fmt: skip
     master, slave = os.openpty()

@@ -8,15 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from sqlalchemy import text
 
 from storage import Repository, make_engine
-from tests.servers import FeedServer, SlackServer
+from tests.servers import FeedServer, SlackServer, late
 from tests.test_service import wait_for
 
 FEEDS = 12
@@ -33,18 +31,6 @@ def rss(feed: str) -> bytes:
     )
     return f'<?xml version="1.0"?><rss version="2.0"><channel><title>{feed}</title>{items}' \
         "</channel></rss>".encode()  # fmt: skip
-
-
-def slow(body: bytes, seconds: float):
-    def handler(req: BaseHTTPRequestHandler) -> None:
-        time.sleep(seconds)
-        req.send_response(200)
-        req.send_header("Content-Type", "application/rss+xml")
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        req.wfile.write(body)
-
-    return handler
 
 
 def start_worker(config: Path, url: str, slack: SlackServer) -> subprocess.Popen[str]:
@@ -68,7 +54,7 @@ def test_workers_share_the_feeds_and_a_killed_worker_loses_nothing(
         feed = f"feed{n:02}"
         body = rss(feed)
         path = f"/{feed}.xml"
-        route = feed_server.add(path, body, handler=slow(body, 1.5) if feed in SLOW else None)
+        route = feed_server.add(path, body, handler=late(body, 1.5) if feed in SLOW else None)
         lines += [f"  - name: {feed}", f"    url: {route}"]
     lines += [
         "topics:",
